@@ -1,0 +1,3 @@
+from fm9g.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The ``fm9g`` console script.
+
+Each subcommand is a module in :mod:`fm9g.commands` with ``NAME``, ``HELP``, ``ORDER``,
+``add_arguments(parser)`` and ``run(args) -> int``; modules import heavy libraries inside ``run``
+so that ``fm9g --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import traceback
+from collections.abc import Sequence
+
+from fm9g import __version__
+from fm9g.core.errors import Fm9gError
+
+
+def _command_modules():
+    import fm9g.commands
+
+    modules = [
+        importlib.import_module(f"fm9g.commands.{info.name}")
+        for info in pkgutil.iter_modules(fm9g.commands.__path__)
+        if not info.name.startswith("_")
+    ]
+    return sorted(modules, key=lambda module: (getattr(module, "ORDER", 100), module.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fm9g",
+        description="Mix, tokenize and pack training data, and train causal LMs on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"fm9g {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module in _command_modules():
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks on errors")
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except Fm9gError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"fm9g {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"fm9g {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence for users
+        if args.debug:
+            raise
+        print(
+            f"fm9g {args.command}: internal error: {type(error).__name__}: {error} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

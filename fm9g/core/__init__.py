@@ -1,0 +1,1 @@
+"""Plugin system, schemas and validation, protocols and errors shared by every pipeline stage."""
