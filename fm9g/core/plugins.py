@@ -7,6 +7,7 @@ with the known ones and a did-you-mean. ``FM9G_DISABLE_PLUGINS=1`` loads built-i
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +39,7 @@ BUILTIN_MODULES = (
     "fm9g.tokenizers.sentencepiece",
     "fm9g.backends.torch_backend",
     "fm9g.backends.peft_engine",
+    "fm9g.backends.opendelta_engine",
 )
 """Modules holding fm9g's own hook implementations, registered like any installed plugin."""
 
@@ -77,7 +79,16 @@ class Registry:
         for kind, hook_name in KINDS.items():
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
                 distribution, version = sources.get(id(impl.plugin), ("fm9g", __version__))
-                impl.function(register=self._registrar(kind, distribution, version))
+                try:
+                    impl.function(register=self._registrar(kind, distribution, version))
+                except Fm9gError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - a broken plugin must not look like an fm9g bug
+                    raise Fm9gError(
+                        f"plugin {impl.plugin_name} failed in {hook_name}: {type(error).__name__}: {error}",
+                        where=f"distribution {distribution} {version}",
+                        fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1",
+                    ) from error
 
     def _registrar(self, kind: str, distribution: str, version: str):
         def register(obj: Any) -> None:
@@ -122,10 +133,31 @@ class Registry:
 
 def _plugin_sources(manager: pluggy.PluginManager) -> dict[int, tuple[str, str]]:
     """Map each entry-point plugin object to its (distribution name, version)."""
-    return {
-        id(plugin): (dist.metadata["Name"], dist.version)
-        for plugin, dist in manager.list_plugin_distinfo()
-    }
+    return dict(getattr(manager, "fm9g_sources", {}))
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    """Register every ``fm9g`` entry point (as pluggy's ``load_setuptools_entrypoints`` does), but
+    turn a plugin that fails to import or register into one clear :class:`Fm9gError`."""
+    sources: dict[int, tuple[str, str]] = {}
+    manager.fm9g_sources = sources
+    for dist in importlib.metadata.distributions():
+        for entry_point in dist.entry_points:
+            if (entry_point.group != "fm9g" or manager.get_plugin(entry_point.name) is not None
+                    or manager.is_blocked(entry_point.name)):
+                continue
+            distribution = dist.metadata["Name"]
+            try:
+                plugin = entry_point.load()
+                manager.register(plugin, name=entry_point.name)
+            except Exception as error:  # noqa: BLE001 - import errors, pluggy validation errors, ...
+                raise Fm9gError(
+                    f"plugin distribution {distribution} {dist.version} failed to load: "
+                    f"{type(error).__name__}: {error}",
+                    where=f"entry point {entry_point.name} = {entry_point.value}",
+                    fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1",
+                ) from error
+            sources[id(plugin)] = (distribution, dist.version)
 
 
 def make_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
@@ -136,7 +168,7 @@ def make_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
     if load_entry_points is None:
         load_entry_points = os.environ.get("FM9G_DISABLE_PLUGINS", "") in ("", "0")
     if load_entry_points:
-        manager.load_setuptools_entrypoints("fm9g")
+        _load_entry_points(manager)
     return manager
 
 

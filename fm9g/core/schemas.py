@@ -1,18 +1,30 @@
-"""JSON Schemas in ``schemas/`` and validation that reports every problem with its JSON path."""
+"""JSON Schemas in ``schemas/`` and validation that reports every problem with its JSON path.
+
+jsonschema is the authoritative validator; this module only turns its errors into one useful line
+each. For ``anyOf``/``oneOf`` it reports the errors of the alternative the document evidently meant
+(the one whose type matches) instead of jsonschema's "is not valid under any of the given schemas",
+and alternatives that only differ in required keys become "needs exactly one of 'a' or 'b'".
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from jsonschema.exceptions import ValidationError
 
-from fm9g.core.errors import Fm9gError, ValidationFailed
+from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
 
 SCHEMA_NAMES = ("mix", "meta", "train", "checkpoint")
+
+_JSON_TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")
 
 
 def schema_dir() -> Path:
@@ -25,9 +37,8 @@ def schema_dir() -> Path:
 
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> dict[str, Any]:
+    """The parsed schema ``schemas/<name>.schema.json``; unknown names raise :class:`UnknownName`."""
     if name not in SCHEMA_NAMES:
-        from fm9g.core.errors import UnknownName
-
         raise UnknownName("schema", name, SCHEMA_NAMES)
     return json.loads((schema_dir() / f"{name}.schema.json").read_text(encoding="utf-8"))
 
@@ -39,34 +50,27 @@ def read_json(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise Fm9gError("file not found", where=str(path), fix="check the path") from None
+    except IsADirectoryError:
+        raise Fm9gError("is a directory, not a JSON file", where=str(path)) from None
     except UnicodeDecodeError as error:
         raise Fm9gError(f"not UTF-8 text ({error.reason} at byte {error.start})", where=str(path)) from None
+    if not text.strip():
+        raise Fm9gError("empty file, expected a JSON document", where=str(path))
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise Fm9gError(
             f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}",
-            fix="fix the syntax (a trailing comma or a missing quote is typical)",
+            fix="fix the syntax; a trailing comma or a missing quote is typical",
         ) from None
 
 
 def schema_problems(document: Any, name: str) -> list[str]:
-    """Every schema violation as ``"$.json.path: message"``, in document order."""
+    """Every schema violation as ``"$.json.path: message"``, in document order, without duplicates."""
     validator = jsonschema.Draft202012Validator(load_schema(name))
-    problems = []
-    for error in sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path]):
-        leaves = _leaf_errors(error)
-        problems.extend(f"{leaf.json_path}: {leaf.message}" for leaf in leaves)
-    return list(dict.fromkeys(problems))
-
-
-def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    """For anyOf/oneOf failures, the most specific sub-errors instead of 'is not valid under any'."""
-    if error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        if best is not None and best.json_path != error.json_path:
-            return [best]
-    return [error]
+    leaves = [leaf for error in validator.iter_errors(document) for leaf in _leaf_errors(error)]
+    leaves.sort(key=lambda leaf: _path_key(leaf[0]))
+    return list(dict.fromkeys(f"{_json_path(path)}: {message}" for path, message in leaves))
 
 
 def validate(document: Any, name: str, source: str) -> None:
@@ -74,3 +78,113 @@ def validate(document: Any, name: str, source: str) -> None:
     problems = schema_problems(document, name)
     if problems:
         raise ValidationFailed(source, problems)
+
+
+Leaf = tuple[tuple[Any, ...], str]
+"""An absolute document path and a message for it."""
+
+
+def _leaf_errors(error: ValidationError) -> list[Leaf]:
+    """The specific problems behind ``error`` (recursing into ``anyOf``/``oneOf`` alternatives)."""
+    path = tuple(error.absolute_path)
+    if error.validator in ("anyOf", "oneOf"):
+        return _alternative_errors(error, path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        return _unknown_keys(error, path)
+    return [(path, _shorten_instance(error))]
+
+
+def _alternative_errors(error: ValidationError, path: tuple[Any, ...]) -> list[Leaf]:
+    branches = error.validator_value
+    required_only = all(isinstance(b, dict) and set(b) == {"required"} for b in branches)
+    if required_only:
+        return [(path, _required_alternatives_message(error, branches))]
+    if not error.context:  # oneOf matched more than one alternative
+        return [(path, error.message)]
+    by_branch: dict[int, list[ValidationError]] = {}
+    for sub in error.context:
+        by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+    type_matching = [
+        index for index, subs in sorted(by_branch.items())
+        if not any(sub.validator in ("type", "const", "enum") and tuple(sub.absolute_path) == path for sub in subs)
+    ]
+    if len(type_matching) == 1:
+        return [leaf for sub in by_branch[type_matching[0]] for leaf in _leaf_errors(sub)]
+    if not type_matching:
+        return [(path, _no_matching_type_message(error.instance, branches))]
+    best = jsonschema.exceptions.best_match(error.context)
+    return _leaf_errors(best) if best is not None else [(path, error.message)]
+
+
+def _required_alternatives_message(error: ValidationError, branches: list[dict[str, Any]]) -> str:
+    """``oneOf``/``anyOf`` of ``{"required": [...]}`` alternatives, as a sentence about keys."""
+    options = [" and ".join(repr(key) for key in branch["required"]) for branch in branches]
+    listing = " or ".join(options)
+    present = [option for option, branch in zip(options, branches)
+               if isinstance(error.instance, dict) and all(key in error.instance for key in branch["required"])]
+    if error.validator == "oneOf" and len(present) > 1:
+        return f"has both {' and '.join(present)}: give exactly one of {listing}"
+    quantity = "exactly one of" if error.validator == "oneOf" else "one of"
+    return f"needs {quantity} {listing}"
+
+
+def _no_matching_type_message(instance: Any, branches: list[dict[str, Any]]) -> str:
+    types: list[str] = []
+    for branch in branches:
+        branch_types = branch.get("type", []) if isinstance(branch, dict) else []
+        for name in [branch_types] if isinstance(branch_types, str) else branch_types:
+            if name not in types:
+                types.append(name)
+    if not types:
+        return f"{_short(instance)} is not valid under any of the given schemas"
+    types.sort(key=_JSON_TYPES.index)
+    expected = " or ".join(repr(t) for t in types)
+    return f"{_short(instance)} is not of type {expected}"
+
+
+def _unknown_keys(error: ValidationError, path: tuple[Any, ...]) -> list[Leaf]:
+    """``additionalProperties: false`` violations, one per unknown key, with a did-you-mean."""
+    known = sorted(error.schema.get("properties", {}))
+    patterns = list(error.schema.get("patternProperties", {}))
+    unknown = [key for key in error.instance
+               if key not in known and not any(re.search(pattern, key) for pattern in patterns)]
+    if not unknown:
+        return [(path, error.message)]
+    leaves = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        leaves.append((path + (key,), f"unknown key '{key}' ({hint}known keys: {', '.join(known)})"))
+    return leaves
+
+
+def _shorten_instance(error: ValidationError) -> str:
+    """jsonschema's message, with a long leading repr of the offending value abbreviated."""
+    message = error.message
+    shown = repr(error.instance)
+    if len(shown) > 80 and message.startswith(shown):
+        return _short(error.instance) + message[len(shown):]
+    return message
+
+
+def _short(instance: Any, limit: int = 60) -> str:
+    text = json.dumps(instance, ensure_ascii=False) if not isinstance(instance, str) else repr(instance)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _path_key(path: Iterable[Any]) -> list[tuple[int, Any]]:
+    """Sort key keeping list indexes numeric, so ``$[2]`` comes before ``$[10]``."""
+    return [(0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in path]
+
+
+def _json_path(path: Iterable[Any]) -> str:
+    """``("datasets", 0, "transform")`` -> ``$.datasets[0].transform`` (odd keys in brackets)."""
+    text = "$"
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}"
+        else:
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return text

@@ -1,0 +1,134 @@
+"""``fm9g validate`` and ``fm9g schema`` (run through the CLI entry point, in process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fm9g.cli import main
+from fm9g.core.schemas import load_schema
+
+
+def write(path: Path, document) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("schema", ["meta", "train", "checkpoint"])
+def test_valid_documents_are_detected(tmp_path: Path, capsys, example, schema: str) -> None:
+    path = write(tmp_path / f"{schema}.json", example(schema))
+    code, out, err = run_cli(capsys, "validate", str(path))
+    assert (code, out, err) == (0, f"{path}: valid ({schema})\n", "")
+
+
+def test_seed_manifest_reports_schema_and_path_problems_together(tmp_path: Path, capsys, example) -> None:
+    manifest = example("mix")
+    (tmp_path / "idx" / "present").mkdir(parents=True)
+    manifest[0]["path"] = "idx/present"
+    manifest[1]["path"] = "idx/missing"
+    manifest[1]["abs_weight"] = -0.5
+    for entry in manifest:
+        entry["transforms"] = "identity"
+    path = write(tmp_path / "mix.json", manifest)
+    code, out, err = run_cli(capsys, "validate", str(path))
+    lines = out.splitlines()
+    assert code == 2 and err == ""
+    assert f"{path}: $[1].abs_weight: -0.5 is less than the minimum of 0" in lines
+    missing = [line for line in lines if line.startswith(f"{path}: $[1].path: ") and "idx/missing" in line]
+    assert missing, out
+    assert not any("$[0].path" in line and "idx/present" in line and "exist" in line for line in lines)
+
+
+def test_object_manifest_problems_have_json_paths(tmp_path: Path, capsys, example) -> None:
+    manifest = example("mix", 1)
+    manifest["datasets"][0]["transform"] = {"name": 3}
+    manifest["datasets"][1]["path"] = "idx/nowhere"
+    path = write(tmp_path / "mix.json", manifest)
+    code, out, _ = run_cli(capsys, "validate", str(path))
+    assert code == 2
+    assert f"{path}: $.datasets[0].transform.name: 3 is not of type 'string'" in out.splitlines()
+    assert any(line.startswith(f"{path}: $.datasets[1].path: ") for line in out.splitlines()), out
+
+
+def test_train_config_problems(tmp_path: Path, capsys, example) -> None:
+    config = example("train")
+    config["data"] = {}
+    config["lr"] = 0
+    path = write(tmp_path / "train.json", config)
+    code, out, _ = run_cli(capsys, "validate", str(path))
+    assert code == 2
+    assert out.splitlines() == [
+        f"{path}: $.data: needs exactly one of 'manifest' or 'mixture'",
+        f"{path}: $.lr: 0 is less than or equal to the minimum of 0",
+    ]
+
+
+def test_explicit_schema_and_several_files(tmp_path: Path, capsys, example) -> None:
+    meta = write(tmp_path / "a.json", example("meta"))
+    train = write(tmp_path / "b.json", example("train"))
+    code, out, _ = run_cli(capsys, "validate", "--schema", "meta", str(meta), str(train))
+    assert code == 2
+    assert out.splitlines()[0] == f"{meta}: valid (meta)"
+    assert f"{train}: $: 'nlines' is a required property" in out.splitlines()
+
+
+def test_unreadable_and_undetectable_files(tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"nlines": 3,\n}', encoding="utf-8")
+    odd = write(tmp_path / "odd.json", {"hello": 1})
+    code, out, _ = run_cli(capsys, "validate", str(broken), str(odd), str(tmp_path / "gone.json"))
+    lines = out.splitlines()
+    assert code == 2 and len(lines) == 3
+    assert lines[0].startswith(f"{broken}:2:1: invalid JSON")
+    assert lines[1].startswith(f"{odd}: cannot tell which schema") and "--schema" in lines[1]
+    assert lines[2].startswith(f"{tmp_path / 'gone.json'}: file not found")
+
+
+def test_schema_command_prints_the_schema(capsys) -> None:
+    code, out, _ = run_cli(capsys, "schema", "train")
+    assert code == 0 and json.loads(out) == load_schema("train")
+    code, out, _ = run_cli(capsys, "schema")
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["mix", "meta", "train", "checkpoint"]
+
+
+def test_schema_command_unknown_name_is_one_line_with_suggestion() -> None:
+    result = subprocess.run([sys.executable, "-m", "fm9g", "schema", "chekpoint"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "unknown schema 'chekpoint'" in result.stderr and "did you mean 'checkpoint'?" in result.stderr
+
+
+def test_manifest_over_real_indexed_datasets_is_valid(tmp_path: Path, capsys) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"input": f"q{i}", "output": f"answer {i}"}) + "\n" for i in range(20)))
+    from fm9g.index.builder import BuildOptions, build_index
+
+    for name in ("alpha", "beta"):
+        build_index([records], tmp_path / "idx" / name, BuildOptions(tokenizer="byte", workers=1, progress=False))
+    manifest = write(tmp_path / "mix.json", {"tokenizer": "byte", "datasets": [
+        {"task_name": "alpha", "path": "idx/alpha", "abs_weight": 0.7, "transform": "identity"},
+        {"task_name": "beta", "path": "idx/beta", "abs_weight": 0.3},
+    ]})
+    meta = tmp_path / "idx" / "alpha" / "meta.json"
+    code, out, _ = run_cli(capsys, "validate", str(manifest), str(meta))
+    assert (code, out.splitlines()) == (0, [f"{manifest}: valid (mix)", f"{meta}: valid (meta)"])
+
+    duplicate = write(tmp_path / "dup.json", [
+        {"task_name": "same", "path": "idx/alpha", "abs_weight": 0.0, "transforms": "identty"},
+        {"task_name": "same", "path": "idx/beta", "abs_weight": 0.0},
+    ])
+    code, out, _ = run_cli(capsys, "validate", str(duplicate))
+    assert code == 2
+    assert any(line.startswith(f"{duplicate}: $[1].task_name: ") and "same" in line for line in out.splitlines())
+    assert any(line.startswith(f"{duplicate}: $[0].transforms: ") and "identity" in line for line in out.splitlines())
