@@ -9,6 +9,10 @@ from fm9g.core.errors import UnknownName
 _TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-6)
 
+_SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+              num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
+"""GPU-test shape: head dim 64 (what fused varlen kernels expect) and grouped KV heads."""
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "fm9g-7b": ("qwen2", dict(
         vocab_size=73448, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -25,8 +29,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         max_position_embeddings=4096, tie_word_embeddings=False, hidden_act="silu")),
     "tiny-llama": ("llama", dict(_TINY, vocab_size=512, tie_word_embeddings=False, rope_theta=1e4)),
     "tiny-qwen2": ("qwen2", dict(_TINY, vocab_size=512, tie_word_embeddings=False, rope_theta=1e6)),
+    "small-qwen2": ("qwen2", dict(_SMALL, vocab_size=512, tie_word_embeddings=False, rope_theta=1e6)),
+    "small-llama": ("llama", dict(_SMALL, vocab_size=512, tie_word_embeddings=False, rope_theta=1e4)),
 }
-"""name -> (transformers model_type, config fields). ``tiny-*`` fit the byte tokenizer (260 ids)."""
+"""name -> (transformers model_type, config fields). ``tiny-*``/``small-*`` fit the byte tokenizer (260 ids)."""
 
 
 def preset_config(name: str, **overrides: Any):

@@ -52,6 +52,10 @@ class Model(BaseModel):
     """
     a seed bmtrain .pt state dict; needs preset
     """
+    vocab_size: Annotated[int | None, Field(ge=1)] = None
+    """
+    presets only: override the preset's vocabulary size (e.g. to fit the tokenizer)
+    """
     trust_remote_code: bool | None = False
     dtype: Literal["auto", "float32", "bfloat16"] | None = "auto"
     """
@@ -75,6 +79,10 @@ class Model1(BaseModel):
     seed_pt: str | None = None
     """
     a seed bmtrain .pt state dict; needs preset
+    """
+    vocab_size: Annotated[int | None, Field(ge=1)] = None
+    """
+    presets only: override the preset's vocabulary size (e.g. to fit the tokenizer)
     """
     trust_remote_code: bool | None = False
     dtype: Literal["auto", "float32", "bfloat16"] | None = "auto"

@@ -1,0 +1,92 @@
+"""``fm9g train --config train.json [key=value ...]``: train a causal LM on a mixture, full or LoRA.
+
+With ``--nproc-per-node N`` (or ``--nnodes``) fm9g re-launches itself under ``torch.distributed.run``
+(torchrun); each process then runs this same command with torchrun's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+NAME = "train"
+HELP = "train a causal LM (full or LoRA) on a mix manifest or a materialized mixture"
+ORDER = 60
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="train config JSON (schemas/train.schema.json)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, values parsed as JSON when possible: lr=1e-4 delta.lora_r=8")
+    parser.add_argument("--resume", metavar="DIR|auto",
+                        help="continue from a checkpoint directory, or 'auto': the latest complete one under 'save'")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node; >1 starts torchrun")
+    parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (run the same command on each)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
+    parser.add_argument("--master-addr", default="127.0.0.1", help="rank-0 node address (multi-node)")
+    parser.add_argument("--master-port", type=int, default=29500, help="rank-0 node port (multi-node)")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="always show the progress bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
+
+
+def _torchrun_command(args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc_per_node}"]
+    if args.nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += [f"--nnodes={args.nnodes}", f"--node-rank={args.node_rank}",
+                    f"--master-addr={args.master_addr}", f"--master-port={args.master_port}"]
+    command += ["--module", "fm9g", "train", "--config", str(Path(args.config).resolve()), *args.overrides]
+    if args.resume:
+        command += ["--resume", args.resume if args.resume == "auto" else str(Path(args.resume).resolve())]
+    if args.progress is not None:
+        command.append("--progress" if args.progress else "--no-progress")
+    if getattr(args, "debug", False):
+        command.append("--debug")
+    return command
+
+
+def _resume_point(resume: str | None, config: dict, out) -> Path | None:
+    from fm9g.backends import checkpoints
+
+    if not resume:
+        return None
+    if resume == "auto":
+        latest = checkpoints.latest_checkpoint(config["save"])
+        if latest is None and int(os.environ.get("RANK", "0")) == 0:
+            print(f"fm9g train: no complete checkpoint under {config['save']}; starting from step 0", file=out)
+        return latest
+    directory = Path(resume)
+    manifest = checkpoints.read_manifest(directory)
+    if manifest["config_hash"] != checkpoints.config_hash(config) and int(os.environ.get("RANK", "0")) == 0:
+        changed = sorted(k for k in set(config) | set(manifest["config"])
+                         if config.get(k) != manifest["config"].get(k))
+        print(f"fm9g train: warning: the config differs from the checkpoint's in {', '.join(changed)}", file=out)
+    return directory
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        return subprocess.call(_torchrun_command(args))
+
+    from fm9g.backends.run_context import RunContext
+    from fm9g.backends.train_config import check_references, load_train_config
+    from fm9g.core.plugins import get_plugin, validate_options
+
+    config = load_train_config(args.config, list(args.overrides))
+    check_references(config)
+    backend = get_plugin("backend", config["backend"], where="train config: backend")
+    config["backend_options"] = validate_options(backend, config.get("backend_options"),
+                                                 where="train config: backend_options")
+    resume = _resume_point(args.resume, config, sys.stderr)
+    context = RunContext(resume=resume, config_path=Path(args.config), show_progress=args.progress)
+    result = backend.train(config, context)
+    if int(os.environ.get("RANK", "0")) == 0 and isinstance(result, dict):
+        print(f"fm9g train: done at step {result.get('step')} ({result.get('tokens_seen', 0):,} tokens); "
+              f"checkpoint {result.get('checkpoint')}", file=sys.stderr)
+    return 0

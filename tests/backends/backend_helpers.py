@@ -1,0 +1,122 @@
+"""Packed batches built in the tests from real byte-tokenized text, in the mixer's PackedBatch layout.
+
+``ListStream`` follows the stream contract (rank r of W gets global batches b ≡ r mod W, JSON
+state, ``task_names``, ``tokenizer``) so the backend can be tested in-process; the CLI tests use
+the real mixer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fm9g.mixer.packing import PackedBatch
+from fm9g.tokenizers import load_tokenizer
+
+WORDS = ("the model reads packed rows of text and learns to predict the next token while attention "
+         "stays inside each sample 模型 训练 数据 混合 gradient optimizer schedule warmup cosine checkpoint "
+         "resume exactly tokens loss mean target prompt answer question medical alpaca").split()
+
+
+def make_text(rng: np.random.RandomState, words: int) -> str:
+    return " ".join(rng.choice(WORDS, size=words))
+
+
+def make_sample(prompt: str, answer: str, tokenizer) -> tuple[list[int], list[int]]:
+    """The seed's sample: src = [bos]+prompt+answer, tgt = [-100]*len(prompt)+answer+[eos]."""
+    p, a = tokenizer.encode(prompt), tokenizer.encode(answer)
+    return [tokenizer.bos_id] + p + a, [-100] * len(p) + a + [tokenizer.eos_id]
+
+
+def pack_samples(index: int, samples: list[tuple[int, list[int], list[int]]], capacity: int, pad_id: int) -> PackedBatch:
+    """Lay (task, src, tgt) samples back to back; the padding tail is one more pseudo-sequence."""
+    input_ids = np.full(capacity, pad_id, np.int32)
+    targets = np.full(capacity, -100, np.int32)
+    task_ids = np.full(capacity, -1, np.int32)
+    position_ids = np.zeros(capacity, np.int32)
+    cursor, bounds = 0, [0]
+    for task, src, tgt in samples:
+        end = cursor + len(src)
+        input_ids[cursor:end], targets[cursor:end], task_ids[cursor:end] = src, tgt, task
+        position_ids[cursor:end] = np.arange(len(src))
+        cursor = end
+        bounds.append(cursor)
+    if cursor < capacity:
+        position_ids[cursor:] = np.arange(capacity - cursor)
+        bounds.append(capacity)
+    return PackedBatch(index, input_ids, targets, position_ids, task_ids, np.array(bounds, np.int32), cursor)
+
+
+def make_batches(count: int, *, batch_size: int = 2, max_length: int = 64, seed: int = 0,
+                 task_names=("chat", "book")) -> list[tuple[PackedBatch, list]]:
+    """``count`` packed global batches with the samples each holds, from seeded random text."""
+    tokenizer = load_tokenizer("byte")
+    rng = np.random.RandomState(seed)
+    capacity = batch_size * max_length
+    batches, pending = [], None
+    for index in range(count):
+        samples, used = [], 0
+        while True:
+            if pending is None:
+                task = int(rng.randint(len(task_names)))
+                src, tgt = make_sample(make_text(rng, rng.randint(1, 4)), make_text(rng, rng.randint(2, 12)), tokenizer)
+                pending = (task, src[:max_length], tgt[:max_length])
+            if used + len(pending[1]) > capacity:
+                break
+            samples.append(pending)
+            used += len(pending[1])
+            pending = None
+        batches.append((pack_samples(index, samples, capacity, tokenizer.pad_id), samples))
+    return batches
+
+
+class ListStream:
+    """A finite packed stream honouring contract 2's iteration and state API."""
+
+    def __init__(self, count: int = 64, *, rank: int = 0, world_size: int = 1, state: dict | None = None,
+                 batch_size: int = 2, max_length: int = 64, seed: int = 0):
+        self.batches = [b for b, _ in make_batches(count, batch_size=batch_size, max_length=max_length, seed=seed)]
+        self.rank, self.world_size = rank, world_size
+        self.next_index = (state or {}).get("next_index", 0)
+        self.task_names = ["chat", "book"]
+        self.tokenizer = load_tokenizer("byte")
+
+    def __iter__(self):
+        while self.next_index < len(self.batches):
+            index = self.next_index
+            self.next_index += 1
+            if index % self.world_size == self.rank:
+                yield self.batches[index]
+
+    def state_dict(self) -> dict:
+        return {"next_index": self.next_index}
+
+
+def list_stream_factory(count: int = 64, **kwargs):
+    """A ``RunContext.stream_factory`` making :class:`ListStream` from the config's geometry."""
+    def factory(config, *, rank, world_size, state):
+        return ListStream(count, rank=rank, world_size=world_size, state=state,
+                          batch_size=config["batch_size"], max_length=config["max_length"], **kwargs)
+    return factory
+
+
+def build_mixture(root: Path, *, max_length: int = 128, batch_size: int = 2) -> Path:
+    """Index two small byte-tokenized datasets (``chat`` with ChatML, ``book``) and write ``root/mix.json``."""
+    from fm9g.index.builder import BuildOptions, build_index
+
+    rng = np.random.RandomState(0)
+    for name, lines in (("chat", 300), ("book", 200)):
+        with open(root / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            for _ in range(lines):
+                record = {"input": make_text(rng, rng.randint(1, 5)) if name == "chat" else "",
+                          "output": make_text(rng, rng.randint(2, 14))}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        build_index([root / f"{name}.jsonl"], root / "idx" / name,
+                    BuildOptions(tokenizer="byte", workers=1, progress=False))
+    manifest = {"max_length": max_length, "batch_size": batch_size, "tokenizer": "byte", "seed": 7, "datasets": [
+        {"task_name": "chat", "path": "idx/chat", "abs_weight": 0.6, "transform": "chatml"},
+        {"task_name": "book", "path": "idx/book", "abs_weight": 0.4}]}
+    (root / "mix.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return root

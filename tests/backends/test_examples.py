@@ -1,0 +1,25 @@
+"""The bundled example train configs validate and train (on the test mixture, for two steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fm9g.backends.train_config import load_train_config
+from fm9g.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["train.json", "train_lora.json"])
+def test_example_config_trains(name, mixture, tmp_path, capsys):
+    config = load_train_config(EXAMPLES / name)
+    assert config["data"]["manifest"] == str(EXAMPLES / "mix.json")
+    assert config["model"]["preset"].startswith("tiny-")
+    code = main(["train", "--config", str(EXAMPLES / name), f"data.manifest={mixture / 'mix.json'}",
+                 f"save={tmp_path / 'run'}", "train_iters=2", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "step-00000002" / "checkpoint.json").read_text())
+    assert manifest["weights"] == ("lora" if config["delta"] else "full")
