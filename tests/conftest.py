@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-MAKE_CORPUS_DIR = Path("/work/shared/bench")
-"""Where ``make_corpus.py`` lives (the shared benchmark corpus generator)."""
+import os
+
+MAKE_CORPUS_DIR = Path(os.environ.get("FM9G_MAKE_CORPUS_DIR")
+                       or Path(__file__).resolve().parents[2] / "shared" / "bench")
+"""Where ``make_corpus.py`` lives: ``../shared/bench`` beside the checkout (as on CI), or $FM9G_MAKE_CORPUS_DIR."""
 
 
 def _make_corpus_module():
