@@ -6,7 +6,7 @@ do not edit by hand: change the schema and rerun the script.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict
+from typing import Annotated, Any, Dict, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeAliasType
@@ -34,6 +34,11 @@ SkippedAdditionalProperty = TypeAliasType(
 )
 
 
+NormalizedAdditionalProperty = TypeAliasType(
+    "NormalizedAdditionalProperty", Annotated[int, Field(ge=0)]
+)
+
+
 class IndexMeta(BaseModel):
     """
     meta.json of an indexed dataset: the seed's fields plus fm9g's additions (optional, so seed files validate).
@@ -54,9 +59,32 @@ class IndexMeta(BaseModel):
     spec of the tokenizer that produced the token counts
     """
     tokenizer_fingerprint: str | None = None
+    """
+    fingerprint of that tokenizer (vocabulary, merges, special ids)
+    """
+    token_count_method: Literal["tokenizer", "seed-estimate"] | None = None
+    """
+    how avg_token_per_line and length_distribute were counted: the tokenizer, or the seed's estimate (0.7 per character for zh, 1.5 per word for en)
+    """
+    total_tokens: Annotated[int | None, Field(ge=0)] = None
+    """
+    input + output tokens over all lines, counted like avg_token_per_line
+    """
     data_checksum: str | None = None
     """
     algorithm:hex digest of data.jsonl, e.g. blake2b:...
     """
     format_version: Annotated[int | None, Field(ge=1)] = None
     skipped: dict[str, SkippedAdditionalProperty] | None = None
+    """
+    bad input lines left out of data.jsonl, by reason (invalid_json, invalid_utf8, missing_output, ...)
+    """
+    normalized: dict[str, NormalizedAdditionalProperty] | None = None
+    """
+    input fixes applied while indexing (bom_removed, crlf_lines, final_newline_added)
+    """
+    sources: list[str] | None = None
+    """
+    the input files, in indexing order
+    """
+    fm9g_version: str | None = None

@@ -1,0 +1,213 @@
+"""Worker-side indexing of one chunk of a JSONL file: split lines, validate, count tokens.
+
+The builder cuts every input file into chunks that end at a newline and hands each chunk's byte
+range to a worker process, which reads it itself (no bytes travel through pipes unless the chunk
+had to change). A worker returns per-line lengths, token counts and skip counts; the main process
+copies good lines into ``data.jsonl`` and appends their offsets. Validation uses orjson, which also
+rejects invalid UTF-8 and lone surrogates (records a tokenizer could not encode).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from fm9g.index.format import is_chinese
+
+BOM = b"\xef\xbb\xbf"
+LANGUAGE_VOTES_PER_CHUNK = 100
+"""Records per chunk whose script votes for the dataset language when ``--language`` is not given."""
+VOTE_CHARS = 2000
+TOKENIZER_BATCH = 64
+"""Texts per tokenizer call: small batches keep the encodings' memory bounded (whatever the chunk
+size) and measured fastest per CPU-second (tokenizers 0.23: ~1.03M tokens/s at 64 vs 0.73M at 20000)."""
+"""Characters of each voting record that are looked at."""
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """A byte range ``[start, end)`` of one input file; ``end`` is just after a newline or at EOF."""
+
+    number: int
+    path: str
+    start: int
+    end: int
+    want_sample: bool = False
+
+
+@dataclass
+class ChunkResult:
+    """What a worker found in one chunk (good lines only in the arrays)."""
+
+    task: ChunkTask
+    input_lines: int
+    line_lengths: np.ndarray
+    tokens: np.ndarray | None
+    chars: np.ndarray | None
+    spaces: np.ndarray | None
+    skipped: Counter = field(default_factory=Counter)
+    first_bad: tuple[int, str, str] | None = None
+    data: bytes | None = None
+    normalized: Counter = field(default_factory=Counter)
+    sample: dict[str, Any] | None = None
+    zh_votes: int = 0
+    votes: int = 0
+
+
+class _WorkerState:
+    tokenizer: Any = None
+    count: Any = None
+    max_line_bytes: int = 64 << 20
+    vote_language: bool = True
+
+
+_state = _WorkerState()
+
+
+def init_worker(tokenizer_spec: str | None, max_line_bytes: int, vote_language: bool,
+                single_threaded_tokenizer: bool) -> None:
+    """Load the tokenizer once per worker process (parallel inside a worker would oversubscribe)."""
+    if single_threaded_tokenizer:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        os.environ["RAYON_NUM_THREADS"] = "1"
+    _state.max_line_bytes = max_line_bytes
+    _state.vote_language = vote_language
+    if tokenizer_spec is None:
+        _state.tokenizer = None
+        _state.count = None
+        return
+    from fm9g.tokenizers import load_tokenizer
+
+    _state.tokenizer = load_tokenizer(tokenizer_spec)
+    _state.count = token_counter(_state.tokenizer)
+
+
+def token_counter(tokenizer: Any):
+    """``texts -> list[int]`` token counts: ``count_batch`` when the tokenizer has it, else lengths
+    of ``encode_batch``."""
+    count_batch = getattr(tokenizer, "count_batch", None)
+    if callable(count_batch):
+        return count_batch
+
+    def count(texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer.encode_batch(texts)]
+
+    return count
+
+
+def _classify_failure(line: bytes) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "invalid_json"
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "not_an_object"
+    if "output" not in record:
+        return "missing_output"
+    if not isinstance(record["output"], str):
+        return "output_not_string"
+    if "input" not in record:
+        return "missing_input"
+    if not isinstance(record["input"], str):
+        return "input_not_string"
+    return None
+
+
+def process_chunk(task: ChunkTask) -> ChunkResult:
+    """Index one chunk (runs in a worker process, or inline with one worker)."""
+    with open(task.path, "rb", buffering=0) as handle:
+        data = os.pread(handle.fileno(), task.end - task.start, task.start)
+    changed = False
+    normalized: Counter = Counter()
+    if task.start == 0 and data.startswith(BOM):
+        data = data[len(BOM):]
+        normalized["bom_removed"] += 1
+        changed = True
+    if b"\r\n" in data:
+        normalized["crlf_lines"] += data.count(b"\r\n")
+        data = data.replace(b"\r\n", b"\n")
+        changed = True
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        normalized["final_newline_added"] += 1
+        changed = True
+
+    skipped: Counter = Counter()
+    first_bad: tuple[int, str, str] | None = None
+    kept: list[bytes] = []
+    inputs: list[str] = []
+    outputs: list[str] = []
+    sample = None
+    zh_votes = votes = 0
+    loads, decode_error, max_line = orjson.loads, orjson.JSONDecodeError, _state.max_line_bytes
+    for number, line in enumerate(lines):
+        reason = detail = None
+        try:
+            record = loads(line)
+        except decode_error as error:
+            reason = "blank_line" if not line.strip() else _classify_failure(line)
+            detail = None if reason == "blank_line" else str(error)
+        else:
+            if type(record) is dict and type(record.get("output")) is str and type(record.get("input")) is str:
+                if len(line) > max_line:
+                    reason, detail = "line_too_long", f"{len(line)} bytes"
+            else:
+                reason = _record_problem(record)
+        if reason is not None:
+            skipped[reason] += 1
+            if first_bad is None:
+                first_bad = (number, reason, detail or "")
+            continue
+        kept.append(line)
+        inputs.append(record["input"])
+        outputs.append(record["output"])
+        if task.want_sample and sample is None:
+            sample = record
+        if _state.vote_language and votes < LANGUAGE_VOTES_PER_CHUNK:
+            votes += 1
+            zh_votes += is_chinese((record["input"] + record["output"])[:VOTE_CHARS])
+
+    if skipped:
+        changed = True
+    line_lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept)) + 1
+    tokens = chars = spaces = None
+    if _state.count is not None:
+        tokens = _count_tokens(inputs, outputs)
+    else:
+        chars = (np.fromiter(map(len, inputs), dtype=np.int64, count=len(kept))
+                 + np.fromiter(map(len, outputs), dtype=np.int64, count=len(kept)))
+        spaces = (np.fromiter((text.count(" ") for text in inputs), dtype=np.int64, count=len(kept))
+                  + np.fromiter((text.count(" ") for text in outputs), dtype=np.int64, count=len(kept)))
+    output_bytes = None
+    if changed:
+        output_bytes = b"".join(line + b"\n" for line in kept)
+    return ChunkResult(task, len(lines), line_lengths, tokens, chars, spaces, skipped, first_bad, output_bytes,
+                       normalized, sample, zh_votes, votes)
+
+
+def _count_tokens(inputs: list[str], outputs: list[str]) -> np.ndarray:
+    """Input and output token counts of the chunk's records (empty inputs are not sent)."""
+    tokens = np.zeros((len(inputs), 2), dtype=np.int32)
+    nonempty_inputs = [i for i, text in enumerate(inputs) if text]
+    texts = [inputs[i] for i in nonempty_inputs] + outputs
+    if not texts:
+        return tokens
+    counts = np.empty(len(texts), dtype=np.int64)
+    for begin in range(0, len(texts), TOKENIZER_BATCH):
+        counts[begin:begin + TOKENIZER_BATCH] = _state.count(texts[begin:begin + TOKENIZER_BATCH])
+    if nonempty_inputs:
+        tokens[nonempty_inputs, 0] = counts[: len(nonempty_inputs)]
+    tokens[:, 1] = counts[len(nonempty_inputs):]
+    return tokens

@@ -1,0 +1,182 @@
+"""``fm9g prepare``: run an adapter over a raw file and write ``train.jsonl`` / ``test.jsonl``.
+
+Records are written as the seed writes them: ``json.dumps(record, ensure_ascii=False)``, one per
+line. ``--split test=F --seed S`` reproduces the seed's ``datasets`` call
+``train_test_split(test_size=F, seed=S)`` exactly: ``n_test = ceil(F × n)`` over all raw items,
+``np.random.default_rng(S).permutation(n)``, test = its first ``n_test`` entries, train = the rest,
+each in permutation order; the adapter's filters (e.g. medical-o1's language) apply after the split,
+as in the seed's script. To do that without holding records in memory, adapter results are staged
+on disk (one line per raw item) and read back in permutation order through their offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fm9g import __version__
+from fm9g.core.errors import Fm9gError
+from fm9g.core.plugins import registry, validate_options
+from fm9g.core.protocols import Skipped
+from fm9g.index.atomic import temp_sibling
+from fm9g.index.jsonstream import ReadFailure, iter_json, iter_text_lines
+
+TRAIN_FILE = "train.jsonl"
+TEST_FILE = "test.jsonl"
+REPORT_FILE = "prepare_report.json"
+DEFAULT_SEED = 3014
+"""The seed's split seed (``train_test_split(test_size=0.05, seed=3014)``)."""
+
+
+@dataclass
+class PrepareResult:
+    report: dict[str, Any]
+    first_dropped: dict[str, str] = field(default_factory=dict)
+
+
+def parse_split(text: str) -> float | int:
+    """``test=0.05`` (a fraction) or ``test=500`` (a count) → the test size; ``0.05`` alone works too."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        name, value = "test", text
+    if name.strip() != "test":
+        raise Fm9gError(f"unknown split '{name}'", where="--split", fix="write --split test=0.05 (or test=COUNT)")
+    try:
+        size: float | int = int(value) if value.strip().isdigit() else float(value)
+    except ValueError:
+        raise Fm9gError(f"'{value}' is not a number", where="--split", fix="write --split test=0.05") from None
+    if isinstance(size, float) and not 0.0 < size < 1.0 or isinstance(size, int) and size < 1:
+        raise Fm9gError(f"test size {value} out of range", where="--split",
+                        fix="a fraction between 0 and 1, or a count of at least 1")
+    return size
+
+
+def split_indices(n: int, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) item indices exactly as ``datasets.Dataset.train_test_split(test_size, seed=seed)``."""
+    n_test = math.ceil(test_size * n) if isinstance(test_size, float) else int(test_size)
+    n_train = n - n_test
+    if n_train <= 0:
+        raise Fm9gError(f"a test split of {test_size} leaves no training records out of {n}", where="--split",
+                        fix="use a smaller test size")
+    permutation = np.random.default_rng(seed).permutation(n)
+    return permutation[n_test:], permutation[:n_test]
+
+
+def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str], adapter_name: str,
+            options: dict[str, Any] | None = None, *, test_size: float | int | None = None,
+            seed: int = DEFAULT_SEED, force: bool = False, progress: bool | None = None) -> PrepareResult:
+    """Convert one raw file into records; see the module docstring for the split."""
+    source = Path(input_path)
+    output = Path(output_dir)
+    info = registry().info("adapter", adapter_name, where="--adapter")
+    adapter = info.obj
+    options = validate_options(adapter, options, where="adapter options")
+    if not source.is_file():
+        raise Fm9gError("input file not found" if not source.exists() else "input is not a file", where=str(source),
+                        fix="check the --input path")
+    existing = [path for path in [output / TRAIN_FILE, output / TEST_FILE, output / REPORT_FILE] if path.exists()]
+    if existing and not force:
+        raise Fm9gError(f"{existing[0].name} already exists", where=str(output), fix="pass --force to overwrite")
+    output.mkdir(parents=True, exist_ok=True)
+
+    dropped: Counter = Counter()
+    first_dropped: dict[str, str] = {}
+    staging = temp_sibling(output / "staging.jsonl")
+    offsets = array("q", [0])
+    temps: list[Path] = [staging]
+    try:
+        items = _items(source, adapter.input_kind, dropped, first_dropped)
+        with open(staging, "wb") as stage, _progress(progress) as bar:
+            position = 0
+            for number, result in enumerate(adapter.records(items, options)):
+                if isinstance(result, Skipped):
+                    dropped[result.reason] += 1
+                    first_dropped.setdefault(result.reason, f"{source} item {number + 1}")
+                    line = b"\n"
+                else:
+                    line = json.dumps(result, ensure_ascii=False).encode("utf-8") + b"\n"
+                stage.write(line)
+                position += len(line)
+                offsets.append(position)
+                bar.update(1)
+        n = len(offsets) - 1
+        if n == 0 and not dropped:
+            raise Fm9gError("the input holds no items", where=str(source), fix="check that it is the right file")
+        kept: dict[str, int] = {}
+        outputs = {TRAIN_FILE: None}
+        if test_size:
+            train, test = split_indices(n, test_size, seed)
+            outputs = {TRAIN_FILE: train, TEST_FILE: test}
+        for name, order in outputs.items():
+            temp = temp_sibling(output / name)
+            temps.append(temp)
+            kept[name.split(".")[0]] = _write_in_order(staging, offsets, order, temp)
+        report = {
+            "input": str(source),
+            "adapter": adapter.name,
+            "adapter_distribution": f"{info.distribution} {info.version}",
+            "options": options,
+            "items": n,
+            "kept": sum(kept.values()),
+            "dropped": dict(sorted(dropped.items())),
+            "split": {"test_size": test_size, "seed": seed, **kept} if test_size else None,
+            "outputs": sorted(outputs),
+            "fm9g_version": __version__,
+        }
+        report_temp = temp_sibling(output / REPORT_FILE)
+        temps.append(report_temp)
+        report_temp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        for name in outputs:
+            os.replace(temp_sibling(output / name), output / name)
+        if not test_size:
+            (output / TEST_FILE).unlink(missing_ok=True)
+        os.replace(report_temp, output / REPORT_FILE)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+    return PrepareResult(report, first_dropped)
+
+
+def _items(source: Path, kind: str, dropped: Counter, first_dropped: dict[str, str]):
+    """The raw items for the adapter; unreadable lines are counted in ``dropped`` and left out."""
+    reader = iter_text_lines(source) if kind == "text" else iter_json(source)
+    for item in reader:
+        if isinstance(item, ReadFailure):
+            dropped[item.reason] += 1
+            first_dropped.setdefault(item.reason, item.where)
+            continue
+        yield item
+
+
+def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, target: Path) -> int:
+    """Copy staged records (all in file order, or those of ``order`` in that order); count them."""
+    written = 0
+    with open(staging, "rb") as stage, open(target, "wb") as out:
+        if order is None:
+            for line in stage:
+                if line != b"\n":
+                    out.write(line)
+                    written += 1
+            return written
+        descriptor = stage.fileno()
+        for index in order.tolist():
+            start = offsets[index]
+            line = os.pread(descriptor, offsets[index + 1] - start, start)
+            if line != b"\n":
+                out.write(line)
+                written += 1
+    return written
+
+
+def _progress(enabled: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(unit=" items", desc="prepare", disable=None if enabled is None else not enabled)
