@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Indexing throughput: ``fm9g index`` side by side with its anchors, on the make_corpus bench data.
 
-Workload: the ``--scale bench`` corpus (``/work/shared/bench/make_corpus.py``) turned into records
+Workload: the ``--scale bench`` corpus (``../shared/bench/make_corpus.py``) turned into records
 the way the seed does it (pretrain.txt through convert_txt2jsonl, plus the Alpaca and medical-o1
 records interleaved evenly), cut at line boundaries into a 20 MB and a 200 MB JSONL input.
 
@@ -31,7 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+MAKE_CORPUS = Path(os.environ.get("FM9G_MAKE_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bench") / "make_corpus.py"
+"""``../shared/bench/make_corpus.py`` beside the checkout, or ``$FM9G_MAKE_CORPUS_DIR``."""
 
 
 # ---------------------------------------------------------------------------------------------- workload

@@ -1,19 +1,33 @@
 #!/usr/bin/env python
-"""Training throughput: fm9g packed (varlen) batches vs Hugging Face padded batches, same samples.
+"""Training throughput: fm9g packed (varlen) batches on the torch and bmtrain backends vs Hugging Face padded batches.
 
 Data: ChatML alpaca + medical-o1 records from ``make_corpus.py`` (SFT-like lengths), indexed and
 mixed by fm9g (``fm9g.index.builder`` + ``MixtureStream``, the corpus's BPE tokenizer). fm9g trains
 on the packed rows with its own step (``fm9g.backends.loop.train_step``: varlen attention, token-mean
-loss). The baseline gets the *same samples in the same order* (cut out of the packed rows by
-``cu_seqlens``), in batches of ``--hf-batch`` padded to the longest, trained the way HF Trainer does
-(``labels=`` to the model, SDPA attention).
+loss) — on the torch backend (fp32 master + bf16 autocast, fused AdamW) and on the bmtrain backend
+(BMTrain ZeRO-3 blocks, bf16 params + fp32 master in ``bmt.optim.AdamOptimizer``, the backend's own
+``BmtOptimization``). The baseline gets the *same samples in the same order* (cut out of the packed
+rows by ``cu_seqlens``), in batches of ``--hf-batch`` padded to the longest, trained the way HF
+Trainer does (``labels=`` to the model, SDPA attention).
 
-Reported per side: useful (non-padding) tokens/s, share of computed tokens that are useful, MFU
+Rows (``--only`` takes a comma list of these ids; default: all of the chosen ``--scenarios``):
+
+* ``full:torch``, ``full:hf``, ``full:bmtrain`` — the 1.1B Llama shape (preset ``llama-1.1b``), full training;
+* ``lora:torch``, ``lora:hf``, ``lora:bmtrain`` — fm9g-7b + LoRA r=64 on all seven linears;
+* ``full7b:bmtrain`` — fm9g-7b full fine-tune on the packed SFT mixture (activation checkpointing,
+  optimizer states on the GPU: ``AdamOffloadOptimizer`` does not fit a 128 GiB host), and
+  ``full7b:bmtrain-rows`` — the same on full rows (one 4096-token sequence per row, no sample
+  boundaries): the issue's target is mixture useful tokens/s ≥ 90% of the full-row rate.
+
+Reported per row: useful (non-padding) tokens/s, share of computed tokens that are useful, MFU
 (model FLOPs of useful tokens: 6·N per token for full training, 4·N for LoRA with a frozen base,
-over ``--peak-tflops``), peak GPU memory. Ratios fm9g / HF are printed at the end.
+over ``--peak-tflops``), peak GPU memory. Ratios to HF (and mixture / full rows) are printed at the end.
+BMTrain rows run last in the process (``bmt.init_distributed`` disables cuDNN for the process).
 
-    python benchmarks/train_bench.py                 # GPU: 1.1B full + fm9g-7b LoRA r=64
-    python benchmarks/train_bench.py --quick         # CPU smoke run, tiny presets (~1-2 min)
+    python benchmarks/train_bench.py                          # GPU: every row
+    python benchmarks/train_bench.py --only full:bmtrain,full:hf
+    python benchmarks/train_bench.py --scenarios full7b       # the two bmtrain 7B rows
+    python benchmarks/train_bench.py --quick                  # CPU smoke run, tiny presets (~1-2 min)
 """
 
 from __future__ import annotations
@@ -35,13 +49,22 @@ for _candidate in (os.environ.get("FM9G_MAKE_CORPUS_DIR"), _REPO / "shared" / "b
         break
 
 SCENARIOS = {
-    "full": dict(preset="llama-1.1b", lora=False, batch_size=4, max_length=4096, hf_batch=16),
-    "lora": dict(preset="fm9g-7b", lora=True, batch_size=2, max_length=4096, hf_batch=8),
+    "full": dict(preset="llama-1.1b", lora=False, batch_size=4, max_length=4096, hf_batch=16,
+                 sides=("torch", "hf", "bmtrain")),
+    "lora": dict(preset="fm9g-7b", lora=True, batch_size=2, max_length=4096, hf_batch=8,
+                 sides=("torch", "hf", "bmtrain")),
+    "full7b": dict(preset="fm9g-7b", lora=False, batch_size=1, max_length=4096, hf_batch=4, use_checkpoint=True,
+                   sides=("bmtrain", "bmtrain-rows")),
 }
 QUICK = {
-    "full": dict(preset="tiny-llama", lora=False, batch_size=2, max_length=512, hf_batch=4),
-    "lora": dict(preset="tiny-qwen2", lora=True, batch_size=2, max_length=512, hf_batch=4),
+    "full": dict(preset="tiny-llama", lora=False, batch_size=2, max_length=512, hf_batch=4,
+                 sides=("torch", "hf", "bmtrain")),
+    "lora": dict(preset="tiny-qwen2", lora=True, batch_size=2, max_length=512, hf_batch=4,
+                 sides=("torch", "hf", "bmtrain")),
+    "full7b": dict(preset="tiny-qwen2", lora=False, batch_size=2, max_length=512, hf_batch=4, use_checkpoint=True,
+                   sides=("bmtrain", "bmtrain-rows")),
 }
+BMTRAIN_SIDES = ("bmtrain", "bmtrain-rows")
 
 
 def prepare_data(work: Path, scale: str) -> Path:
@@ -95,6 +118,22 @@ def samples_of(batches: list) -> list[tuple[list[int], list[int]]]:
             if begin < batch.num_tokens:
                 samples.append((batch.input_ids[begin:end].tolist(), batch.targets[begin:end].tolist()))
     return samples
+
+
+def full_rows(batches: list) -> list:
+    """Rows of the same length and tokens as ``batches``, each one sequence (positions 0..L-1, no padding)."""
+    import numpy as np
+
+    from fm9g.mixer.packing import PackedBatch
+
+    stream = np.concatenate([b.input_ids[:b.num_tokens] for b in batches] * 2).astype(np.int32)
+    length = len(batches[0].input_ids)
+    rows = []
+    for index in range(len(batches)):
+        ids = stream[index * length:(index + 1) * length + 1]
+        rows.append(PackedBatch(index, ids[:-1].copy(), ids[1:].copy(), np.arange(length, dtype=np.int32),
+                                np.zeros(length, np.int32), np.array([0, length], np.int32), length))
+    return rows
 
 
 def padded_batches(samples, batch: int, pad_id: int, device) -> list[dict]:
@@ -178,6 +217,44 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
     return dict(seconds=seconds, useful=useful, computed=computed, peak_gib=peak, params=params)
 
 
+def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size):
+    """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``)."""
+    from fm9g.backends.bmtrain_backend import cast_parameters, wrap_model
+    from fm9g.backends.bmtrain_runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
+                                               make_manager, make_optimizer)
+    from fm9g.backends.data import to_device
+    from fm9g.backends.loop import train_step
+    from fm9g.backends.models import build_model, parameter_counts
+    from fm9g.backends.peft_engine import PeftEngine
+
+    bmt = import_bmtrain()
+    init_bmtrain(bmt, 0)
+    device = torch.device("cuda", torch.cuda.current_device())
+    _reset(device)
+    started = time.perf_counter()
+    model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
+    if scenario["lora"]:
+        model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
+    cast_parameters(model, torch.bfloat16)
+    params = parameter_counts(model)[0]
+    model = wrap_model(bmt, model, use_checkpoint=use_checkpoint)
+    print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
+    optimizer = make_optimizer(bmt, [p for p in model.parameters() if p.requires_grad], offload=False,
+                               lr=1e-5, weight_decay=0.1)
+    optimization = BmtOptimization(make_manager(bmt, optimizer, {}), optimizer)
+    collectives = BmtCollectives(bmt)
+
+    def step(batch):
+        train_step(model, None, [to_device(batch, device)], lr=1e-5, clip_grad=1.0, task_names=["a", "b"],
+                   optimization=optimization, collectives=collectives)
+        return batch.num_tokens, len(batch.input_ids)
+
+    seconds, useful, computed = _timed(step, batches, warmup, device)
+    peak = _peak(device)
+    del model, optimizer, optimization
+    return dict(seconds=seconds, useful=useful, computed=computed, peak_gib=peak, params=params)
+
+
 def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size):
     from transformers import AutoModelForCausalLM
 
@@ -230,63 +307,129 @@ def summarize(name, side, result, lora, peak_tflops):
                 params=result["params"])
 
 
+def _bmtrain_available() -> str | None:
+    """``None`` when BMTrain rows can run here, else why not."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if importlib.util.find_spec("bmtrain") is None:
+        return "bmtrain is not installed (fm9g install-bmtrain)"
+    return None
+
+
+def _plan(args, scenarios) -> list[tuple[str, str]]:
+    """``(scenario, side)`` rows to run: ``--scenarios`` x their sides, filtered by ``--only``; BMTrain rows last."""
+    names = [n for n in args.scenarios.split(",") if n]
+    unknown = [n for n in names if n not in scenarios]
+    if unknown:
+        raise SystemExit(f"unknown scenario {unknown[0]!r}; known: {', '.join(scenarios)}")
+    rows = [(name, side) for name in names for side in scenarios[name]["sides"]]
+    if args.only:
+        wanted = [item.strip() for item in args.only.split(",") if item.strip()]
+        known = {f"{n}:{side}" for n, sc in scenarios.items() for side in sc["sides"]}
+        bad = [w for w in wanted if w not in known]
+        if bad:
+            raise SystemExit(f"unknown row {bad[0]!r}; known: {', '.join(sorted(known))}")
+        rows = [(n, side) for n, sc in scenarios.items() for side in sc["sides"] if f"{n}:{side}" in wanted]
+    return sorted(rows, key=lambda row: row[1] in BMTRAIN_SIDES)
+
+
+def _ratios(rows) -> dict[str, float]:
+    """Each side's useful tokens/s over HF's in the same scenario, and bmtrain mixture over full rows."""
+    by_key = {(r["scenario"], r["side"]): r for r in rows if "useful_tokens_per_s" in r}
+    ratios = {}
+    for (name, side), row in by_key.items():
+        if side != "hf" and (name, "hf") in by_key:
+            ratios[f"{name}:{side}/hf"] = row["useful_tokens_per_s"] / by_key[(name, "hf")]["useful_tokens_per_s"]
+    for name, _ in list(by_key):
+        if (name, "bmtrain") in by_key and (name, "bmtrain-rows") in by_key:
+            ratios[f"{name}:bmtrain/bmtrain-rows"] = (by_key[(name, "bmtrain")]["useful_tokens_per_s"]
+                                                      / by_key[(name, "bmtrain-rows")]["useful_tokens_per_s"])
+    return ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-sized smoke run with tiny presets")
-    parser.add_argument("--scenarios", default="full,lora", help="comma list of: full, lora")
+    parser.add_argument("--scenarios", default="full,lora,full7b", help="comma list of: full, lora, full7b")
+    parser.add_argument("--only", default="", help="comma list of row ids, e.g. full:bmtrain,full:hf (see the docstring)")
     parser.add_argument("--work", default=os.environ.get("FM9G_BENCH_WORK", "/tmp/fm9g-train-bench"))
     parser.add_argument("--scale", default=None, help="make_corpus scale (default: small, tiny with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="timed fm9g steps (default 20, 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per side (default 3, 1 with --quick)")
-    parser.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing on both sides")
+    parser.add_argument("--use-checkpoint", action="store_true",
+                        help="activation checkpointing on every side (full7b always checkpoints)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H200: 989)")
     parser.add_argument("--output", help="write the results as JSON here (default: $OUT/train_bench.json if OUT is set)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scenarios = QUICK if args.quick else SCENARIOS
+    plan = _plan(args, scenarios)
     steps = args.steps or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     manifest = prepare_data(work, args.scale or ("tiny" if args.quick else "small"))
+    from fm9g.backends.presets import preset_config
     from fm9g.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(json.loads(manifest.read_text())["tokenizer"])
-    pad_id = tokenizer.pad_id
-    rows = []
-    for name in args.scenarios.split(","):
-        scenario = scenarios[name]
-        batches = packed_batches(manifest, warmup + steps, scenario["batch_size"], scenario["max_length"])
-        samples = samples_of(batches)
-        padded = padded_batches(samples, scenario["hf_batch"], pad_id, device)
-        print(f"[{name}] {scenario['preset']}{' + LoRA r=64' if scenario['lora'] else ''}: {len(samples)} samples, "
-              f"mean {sum(len(s) for s, _ in samples) / len(samples):.0f} tokens; fm9g {len(batches)} packed rows "
-              f"of {scenario['batch_size']}x{scenario['max_length']}, HF {len(padded)} padded batches of "
-              f"{scenario['hf_batch']} ({device})", flush=True)
-        from fm9g.backends.presets import preset_config
-
-        vocab_size = max(preset_config(scenario["preset"]).vocab_size, tokenizer.vocab_size)
-        mine = run_fm9g(scenario, batches, device, warmup, args.use_checkpoint, vocab_size)
-        rows.append(summarize(name, "fm9g", mine, scenario["lora"], args.peak_tflops))
-        hf_warmup = max(1, round(warmup * len(padded) / len(batches)))
-        theirs = run_hf(scenario, padded, device, hf_warmup, args.use_checkpoint, vocab_size)
-        rows.append(summarize(name, "hf", theirs, scenario["lora"], args.peak_tflops))
-    print(f"\n{'scenario':8} {'side':5} {'useful tok/s':>13} {'useful %':>9} {'MFU %':>7} {'peak GiB':>9}")
-    for row in rows:
-        print(f"{row['scenario']:8} {row['side']:5} {row['useful_tokens_per_s']:13,.0f} {100 * row['useful_share']:9.1f} "
-              f"{100 * row['mfu']:7.2f} {row['peak_gib']:9.1f}")
-    ratios = {}
-    for name in args.scenarios.split(","):
-        fm, hf = (next(r for r in rows if r["scenario"] == name and r["side"] == side) for side in ("fm9g", "hf"))
-        ratios[name] = fm["useful_tokens_per_s"] / hf["useful_tokens_per_s"]
-        print(f"{name}: fm9g / HF useful tokens/s = {ratios[name]:.2f}x; peak memory {fm['peak_gib']:.1f} vs "
-              f"{hf['peak_gib']:.1f} GiB")
     output = args.output or (str(Path(os.environ["OUT"]) / "train_bench.json") if os.environ.get("OUT") else None)
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "quick": args.quick,
-                                            "rows": rows, "ratios": ratios}, indent=2), encoding="utf-8")
+    rows, data = [], {}
+    bmtrain_missing = _bmtrain_available()
+    for name, side in plan:
+        scenario = scenarios[name]
+        if name not in data:
+            batches = packed_batches(manifest, warmup + steps, scenario["batch_size"], scenario["max_length"])
+            samples = samples_of(batches)
+            padded = padded_batches(samples, scenario["hf_batch"], tokenizer.pad_id, device)
+            data[name] = (batches, padded)
+            print(f"[{name}] {scenario['preset']}{' + LoRA r=64' if scenario['lora'] else ''}: {len(samples)} samples, "
+                  f"mean {sum(len(s) for s, _ in samples) / len(samples):.0f} tokens; fm9g {len(batches)} packed rows "
+                  f"of {scenario['batch_size']}x{scenario['max_length']}, HF {len(padded)} padded batches of "
+                  f"{scenario['hf_batch']} ({device})", flush=True)
+        batches, padded = data[name]
+        vocab_size = max(preset_config(scenario["preset"]).vocab_size, tokenizer.vocab_size)
+        use_checkpoint = scenario.get("use_checkpoint", args.use_checkpoint)
+        if side in BMTRAIN_SIDES and bmtrain_missing:
+            print(f"[{name}:{side}] skipped: {bmtrain_missing}", flush=True)
+            rows.append(dict(scenario=name, side=side, skipped=bmtrain_missing))
+            continue
+        print(f"[{name}:{side}] running ...", flush=True)
+        try:
+            if side == "torch":
+                result = run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size)
+            elif side == "hf":
+                hf_warmup = max(1, round(warmup * len(padded) / len(batches)))
+                result = run_hf(scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
+            else:
+                rows_in = full_rows(batches) if side == "bmtrain-rows" else batches
+                result = run_bmtrain(scenario, rows_in, device, warmup, use_checkpoint, vocab_size)
+            rows.append(summarize(name, side, result, scenario["lora"], args.peak_tflops))
+        except Exception as error:  # noqa: BLE001 - one row failing (e.g. out of memory) must not lose the others
+            print(f"[{name}:{side}] FAILED: {type(error).__name__}: {str(error)[:400]}", flush=True)
+            rows.append(dict(scenario=name, side=side, error=f"{type(error).__name__}: {str(error)[:400]}",
+                             peak_gib=_peak(device)))
+            _reset(device)
+        done = rows[-1]
+        if "useful_tokens_per_s" in done:
+            print(f"[{name}:{side}] {done['useful_tokens_per_s']:,.0f} useful tokens/s, MFU {100 * done['mfu']:.1f}%, "
+                  f"peak {done['peak_gib']:.1f} GiB", flush=True)
+        if output:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Path(output).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "quick": args.quick,
+                                                "rows": rows, "ratios": _ratios(rows)}, indent=2), encoding="utf-8")
+    print(f"\n{'scenario':8} {'side':13} {'useful tok/s':>13} {'useful %':>9} {'MFU %':>7} {'peak GiB':>9}")
+    for row in rows:
+        if "useful_tokens_per_s" not in row:
+            print(f"{row['scenario']:8} {row['side']:13} {row.get('error') or 'skipped: ' + row.get('skipped', '')}")
+            continue
+        print(f"{row['scenario']:8} {row['side']:13} {row['useful_tokens_per_s']:13,.0f} "
+              f"{100 * row['useful_share']:9.1f} {100 * row['mfu']:7.2f} {row['peak_gib']:9.1f}")
+    for key, value in _ratios(rows).items():
+        print(f"{key}: useful tokens/s ratio {value:.2f}x")
     return 0
 
 

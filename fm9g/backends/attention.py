@@ -64,9 +64,20 @@ class _BoundaryCache:
         self.value: tuple[torch.Tensor, int] | None = None
 
     def get(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if position_ids is not self.tensor:
+        if not self._same(position_ids):
             self.tensor, self.value = position_ids, cu_seqlens_from_position_ids(position_ids)
         return self.value
+
+    def _same(self, other: torch.Tensor) -> bool:
+        """The cached tensor itself, or a detached alias of it (activation checkpointing's recompute
+        passes ``position_ids.detach()``): same memory, shape and strides. The cache keeps the
+        cached tensor alive, so its memory cannot have been reused by another batch."""
+        cached = self.tensor
+        if cached is None or other is cached:
+            return other is cached
+        return (other.device == cached.device and other.data_ptr() == cached.data_ptr()
+                and other.shape == cached.shape and other.stride() == cached.stride()
+                and other.dtype == cached.dtype)
 
 
 _boundaries = _BoundaryCache()

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import fm9g
+from fm9g.backends import bmtrain_checkpoint
 from fm9g.backends import checkpoints as ckpt
 from fm9g.backends.data import open_stream, stream_tokenizer
 from fm9g.backends.logging import RunLogger
@@ -200,6 +201,8 @@ class TorchBackend:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         optimizer_state = ckpt.load_tensors(Path(directory) / "optimizer.pt")
+        if bmtrain_checkpoint.is_partitioned(optimizer_state):  # written by the bmtrain backend
+            optimizer_state = bmtrain_checkpoint.SavedOptimizer.open(directory).torch_state_dict()
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=_state_options(full_state_dict=True))
         rng = ckpt.load_tensors(Path(directory) / "rng.pt")
         ranks = rng.get("ranks", [rng])

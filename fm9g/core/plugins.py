@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "fm9g.tokenizers.hf",
     "fm9g.tokenizers.sentencepiece",
     "fm9g.backends.torch_backend",
+    "fm9g.backends.bmtrain_backend",
     "fm9g.backends.peft_engine",
     "fm9g.backends.opendelta_engine",
 )

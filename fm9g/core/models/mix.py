@@ -101,7 +101,6 @@ class ObjectManifest(BaseModel):
     """
     tokenizer spec: byte, hf:PATH, sp:PATH.model
     """
-    trust_scripts: bool | None = False
     datasets: Annotated[list[DatasetEntry], Field(min_length=1)]
 
 
