@@ -80,7 +80,7 @@ def prepare_data(work: Path, scale: str) -> Path:
     sources = {
         "alpaca": [{"input": r["instruction"] + ("\n" + r["input"] if r["input"] else ""), "output": r["output"]}
                    for r in json.loads((corpus / "alpaca_zh.json").read_text(encoding="utf-8"))],
-        "medical": [{"input": r["Question"], "output": r["Complex_CoT"] + "\n\n" + r["Response"]}
+        "medical": [{"input": r["Question"], "output": r["Response"]}
                     for r in json.loads((corpus / "medical_o1.json").read_text(encoding="utf-8"))],
     }
     for name, records in sources.items():
