@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Mixing throughput and accuracy: fm9g's stream side by side with the Hugging Face datasets recipe.
+
+Workload: the ``--scale bench`` corpus of ``/work/shared/bench/make_corpus.py`` (generated unless
+``--corpus`` names one), prepared with fm9g's adapters (pretrain.txt → ``txt``, alpaca_zh.json →
+``alpaca``, medical_o1.json → ``medical-o1``, all languages) and indexed. The mixture: pretrain 0.4
+(identity), alpaca 0.3 and medical 0.3 (both the seed's ChatML template), max_length 4096,
+batch_size 1, the corpus's byte-level BPE tokenizer, seed 42. Measured in one run:
+
+* fm9g stream: packed (non-padding) tokens/s from ``MixtureStream`` over ``--samples`` samples,
+  tokenization, transform, masking and packing included (workers 0, and 2 on a shorter run);
+  realized token-share error after 1k / 10k / 100k samples;
+* tokenizer ceiling: ``tokenizers`` ``encode_batch_fast`` (rayon threads = the cores) over the same
+  transformed texts, loaded before the clock starts;
+* materialized mixture: tokens/s reading ``MaterializedStream`` batches (written from a stream run);
+* Hugging Face baseline: ``load_dataset("json")`` + ``map`` (same template, same pre-shifted
+  targets with -100 on the prompt, ``num_proc=2``) + ``interleave_datasets(probabilities=…)`` +
+  greedy packing into 4096-token rows, cold (fresh cache) and warm (from its cache); its token-share
+  error after 1k / 10k / 100k samples (its probabilities count examples, not tokens);
+* resume state size in bytes for a 1k-row and a 1M-row dataset.
+
+Usage::
+
+    python benchmarks/mix_bench.py --work /tmp/mix_bench [--corpus DIR] [--samples 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+WEIGHTS = {"pretrain": 0.4, "alpaca": 0.3, "medical": 0.3}
+TEMPLATES = {"pretrain": "identity", "alpaca": "chatml", "medical": "chatml"}
+MAX_LENGTH = 4096
+CHECKPOINTS = (1_000, 10_000, 100_000)
+
+
+def log(message: str) -> None:
+    print(f"[mix_bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prepare(corpus: Path, work: Path) -> Path:
+    """fm9g prepare + fm9g index for the three sources; returns the manifest path."""
+    from fm9g.cli import main as fm9g
+
+    sources = {"pretrain": ("txt", "pretrain.txt", []), "alpaca": ("alpaca", "alpaca_zh.json", []),
+               "medical": ("medical-o1", "medical_o1.json", ["--option", "language=all"])}
+    for name, (adapter, file, extra) in sources.items():
+        if (work / "idx" / name / "meta.json").is_file():
+            continue
+        assert fm9g(["prepare", "--adapter", adapter, "--input", str(corpus / file), "--output",
+                     str(work / "prepared" / name), "--force", "--no-progress", *extra]) == 0
+        assert fm9g(["index", "--input", str(work / "prepared" / name / "train.jsonl"), "--output",
+                     str(work / "idx" / name), "--tokenizer", "byte", "--force"]) == 0
+    manifest = {"version": 1, "seed": 42, "max_length": MAX_LENGTH, "batch_size": 1,
+                "tokenizer": f"hf:{corpus / 'tokenizer'}",
+                "datasets": [{"task_name": name, "path": f"idx/{name}", "abs_weight": weight,
+                              "transform": TEMPLATES[name]} for name, weight in WEIGHTS.items()]}
+    path = work / "mix.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def share_errors(tokens_at: dict[int, np.ndarray]) -> dict[str, float]:
+    targets = np.array(list(WEIGHTS.values())) / sum(WEIGHTS.values())
+    return {f"{n // 1000}k": float(100 * np.abs(tokens / tokens.sum() - targets).max()) for n, tokens in tokens_at.items()}
+
+
+def run_fm9g(manifest: Path, samples: int, workers: int, output: Path | None = None) -> dict:
+    from fm9g.mixer.materialized import MaterializedWriter
+    from fm9g.mixer.report import MixRecorder
+    from fm9g.mixer.stream import MixtureStream
+
+    stream = MixtureStream.from_manifest(manifest, workers=workers)
+    recorder = MixRecorder(stream.task_names, stream.tokenizer.bos_id)
+    writer = MaterializedWriter(output, capacity=stream.capacity, force=True) if output else None
+    tokens_at: dict[int, np.ndarray] = {}
+    started = time.perf_counter()
+    for batch in stream:
+        recorder.add(batch)
+        if writer:
+            writer.add(batch)
+        for checkpoint in CHECKPOINTS:
+            if checkpoint not in tokens_at and recorder.total_samples >= checkpoint:
+                tokens_at[checkpoint] = recorder.tokens.copy()
+        if recorder.total_samples >= samples:
+            break
+    seconds = time.perf_counter() - started
+    stream.close()
+    progress = list(stream.progress)
+    if writer:
+        writer.finish(settings={"task_names": stream.task_names, "tokenizer": stream.tokenizer.spec,
+                                "max_length": stream.max_length, "batch_size": stream.batch_size},
+                      final_state=stream.state_dict(), report={})
+    return {"workers": workers, "samples": recorder.total_samples, "tokens": recorder.total_tokens,
+            "seconds": seconds, "tokens_per_s": recorder.total_tokens / seconds,
+            "packing_efficiency": recorder.total_tokens / recorder.capacity,
+            "share_error_pp": share_errors(tokens_at), "_progress": progress}
+
+
+def consumed_texts(manifest: Path, progress: list) -> list[str]:
+    """The transformed prompt and output texts of exactly the rows a stream run consumed (epoch 0)."""
+    from fm9g.index.reader import IndexedDataset
+    from fm9g.mixer.permutation import KeyedPermutation
+    from fm9g.mixer.transforms import TransformRef, bind_transform
+
+    texts: list[str] = []
+    for state in progress:
+        dataset = IndexedDataset(manifest.parent / "idx" / state.task_name)
+        transform = bind_transform(TransformRef(name=TEMPLATES[state.task_name]), trust_scripts=False)
+        rows = KeyedPermutation.for_epoch(len(dataset), 42, state.task_name, 0).take(np.arange(state.position))
+        for record in dataset.read_many(rows.tolist()):
+            result = transform(record, 0, None)
+            texts += [result["input"], result["output"]]
+    return texts
+
+
+def tokenizer_ceiling(texts: list[str], corpus: Path) -> dict:
+    """encode_batch_fast (rayon threads = the cores) over texts loaded before the clock starts."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(corpus / "tokenizer" / "tokenizer.json"))
+    best = 0.0
+    for batch in (1024, 128):
+        started, tokens = time.perf_counter(), 0
+        for begin in range(0, len(texts), batch):
+            tokens += sum(len(e) for e in tokenizer.encode_batch_fast(texts[begin:begin + batch], add_special_tokens=False))
+        best = max(best, tokens / (time.perf_counter() - started))
+    return {"texts": len(texts), "tokens": tokens, "tokens_per_s": best}
+
+
+def read_materialized(directory: Path) -> dict:
+    from fm9g.mixer.materialized import MaterializedStream
+
+    started, tokens, batches = time.perf_counter(), 0, 0
+    for batch in MaterializedStream(directory):
+        tokens += batch.num_tokens
+        batches += 1
+    seconds = time.perf_counter() - started
+    return {"batches": batches, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+HF_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>User\n{}<|im_end|>\n"
+               "<|im_start|>assistant\n")
+
+
+def hf_pipeline(work: Path, corpus: Path, cache: Path, samples: int) -> dict:
+    """load_dataset + map (template, tokenize, mask) + interleave_datasets + greedy packing to 4096."""
+    import datasets
+    from transformers import PreTrainedTokenizerFast
+
+    datasets.disable_progress_bars()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(corpus / "tokenizer" / "tokenizer.json"))
+    bos, eos = tokenizer.convert_tokens_to_ids("<s>"), tokenizer.convert_tokens_to_ids("</s>")
+    started = time.perf_counter()
+    mapped = []
+    for task_id, name in enumerate(WEIGHTS):
+        raw = datasets.load_dataset("json", data_files=str(work / "prepared" / name / "train.jsonl"),
+                                    split="train", cache_dir=str(cache))
+        chat = TEMPLATES[name] == "chatml"
+
+        def encode(batch, chat=chat, task_id=task_id):
+            prompts = [HF_TEMPLATE.format(text) if chat else text for text in batch["input"]]
+            outputs = [f"{text}<|im_end|>" if chat else text for text in batch["output"]]
+            prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            output_ids = tokenizer(outputs, add_special_tokens=False)["input_ids"]
+            input_ids, labels = [], []
+            for p, o in zip(prompt_ids, output_ids):
+                input_ids.append([bos] + p + o)
+                labels.append([-100] * len(p) + o + [eos])
+            return {"input_ids": input_ids, "labels": labels, "task": [task_id] * len(input_ids)}
+
+        mapped.append(raw.map(encode, batched=True, num_proc=2, remove_columns=raw.column_names))
+    mixed = datasets.interleave_datasets(mapped, probabilities=list(WEIGHTS.values()), seed=42,
+                                         stopping_strategy="all_exhausted")
+    mapped_at = time.perf_counter()
+    tokens_by_task = np.zeros(len(WEIGHTS))
+    tokens_at: dict[int, np.ndarray] = {}
+    rows, row_fill, packed = 0, 0, 0
+    for count, example in enumerate(mixed.select(range(min(samples, len(mixed)))), 1):
+        ids = example["input_ids"][:MAX_LENGTH]
+        if row_fill + len(ids) > MAX_LENGTH:
+            rows, row_fill = rows + 1, 0
+        row_fill += len(ids)
+        packed += len(ids)
+        tokens_by_task[example["task"]] += len(ids)
+        if count in CHECKPOINTS:
+            tokens_at[count] = tokens_by_task.copy()
+    seconds = time.perf_counter() - started
+    return {"samples": min(samples, len(mixed)), "tokens": packed, "rows": rows + 1, "seconds": seconds,
+            "map_seconds": mapped_at - started, "tokens_per_s": packed / seconds,
+            "share_error_pp": share_errors(tokens_at)}
+
+
+def state_sizes(work: Path) -> dict:
+    from fm9g.mixer.stream import MixtureStream
+
+    sizes = {}
+    for rows in (1_000, 1_000_000):
+        directory = work / f"state_{rows}"
+        if not (directory / "index").is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            lines = [f'{{"input": "", "output": "row {i}"}}\n'.encode() for i in range(rows)]
+            (directory / "data.jsonl").write_bytes(b"".join(lines))
+            offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])])
+            (directory / "index").write_text("\n".join(map(str, offsets.tolist())) + "\n")
+        manifest = work / f"state_{rows}.json"
+        manifest.write_text(json.dumps({"max_length": MAX_LENGTH, "datasets": [
+            {"task_name": "rows", "path": str(directory), "abs_weight": 1.0}]}))
+        stream = MixtureStream.from_manifest(manifest)
+        for _ in zip(range(5), stream):
+            pass
+        sizes[rows] = len(json.dumps(stream.state_dict()).encode())
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mix_bench"))
+    parser.add_argument("--corpus", type=Path, help="an existing make_corpus --scale bench output")
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--short-samples", type=int, default=20_000, help="samples for the workers/materialize runs")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = (args.corpus or work / "corpus").resolve()
+    if not (corpus / "pretrain.txt").is_file():
+        log(f"generating the bench corpus into {corpus} (~70 s, 2.3 GB RAM)")
+        subprocess.run([sys.executable, str(MAKE_CORPUS), str(corpus), "--scale", "bench"], check=True)
+    log("prepare + index")
+    started = time.perf_counter()
+    manifest = prepare(corpus, work)
+    results: dict = {"cores": os.cpu_count(), "prepare_index_seconds": time.perf_counter() - started}
+    log(f"fm9g stream, {args.short_samples} samples, in-process tokenization, materialized")
+    short = run_fm9g(manifest, args.short_samples, workers=0, output=work / "materialized")
+    texts = consumed_texts(manifest, short.pop("_progress"))
+    log("tokenizer ceiling on the same texts")
+    ceiling_result = tokenizer_ceiling(texts, corpus)
+    del texts
+    results["fm9g_short"] = short
+    results["materialized_read"] = read_materialized(work / "materialized")
+    log(f"fm9g stream, {args.short_samples} samples, 2 worker processes")
+    results["fm9g_workers2"] = run_fm9g(manifest, args.short_samples, workers=2)
+    results["fm9g_workers2"].pop("_progress")
+    log(f"fm9g stream, {args.samples} samples, in-process tokenization")
+    results["fm9g"] = run_fm9g(manifest, args.samples, workers=0)
+    results["fm9g"].pop("_progress")
+    results["tokenizer_ceiling"] = ceiling_result
+    cache = work / "hf_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    log("HF datasets, cold")
+    results["hf_cold"] = hf_pipeline(work, corpus, cache, args.samples)
+    log("HF datasets, warm")
+    results["hf_warm"] = hf_pipeline(work, corpus, cache, args.samples)
+    results["state_bytes"] = state_sizes(work)
+    fm9g_rate, ceiling = results["fm9g"]["tokens_per_s"], results["tokenizer_ceiling"]["tokens_per_s"]
+    results["ratios"] = {
+        "fm9g_short_vs_tokenizer_ceiling_same_texts": results["fm9g_short"]["tokens_per_s"] / ceiling,
+        "fm9g_vs_tokenizer_ceiling": fm9g_rate / ceiling,
+        "fm9g_vs_hf_cold": fm9g_rate / results["hf_cold"]["tokens_per_s"],
+        "fm9g_workers2_vs_hf_cold": results["fm9g_workers2"]["tokens_per_s"] / results["hf_cold"]["tokens_per_s"],
+        "materialized_vs_hf_warm": results["materialized_read"]["tokens_per_s"] / results["hf_warm"]["tokens_per_s"],
+    }
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""``fm9g mix --manifest mix.json``: plan, preview, run and report a mixture; optionally materialize it.
+
+Validates the manifest (every problem at once), resolves its plugins, prints the plan for the
+budget (``--tokens``, ``--train-iters`` or ``--samples``), runs the stream with a progress bar,
+prints the realized mixture and writes ``mix_report.json``. ``--output DIR`` writes the packed
+global stream for ``fm9g train`` (``data.mixture``), ``--preview N`` shows samples as the model
+sees them, ``--plot FILE.png`` draws realized against target shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+NAME = "mix"
+HELP = "plan, preview, run and report a data mixture; --output materializes the packed stream"
+ORDER = 50
+DEFAULT_SAMPLES = 10_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, help="mix.json (the seed's list form or fm9g's object form)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=int, metavar="N", help="run until N non-padding tokens")
+    budget.add_argument("--train-iters", type=int, metavar="N", help="run N global batches (one per train iteration)")
+    budget.add_argument("--samples", type=int, metavar="N",
+                        help=f"run until N samples are packed (default {DEFAULT_SAMPLES:,} when no budget is given)")
+    parser.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples as the model sees them")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw realized vs target token share over the run")
+    parser.add_argument("--output", metavar="DIR", help="materialize the packed stream into DIR (for fm9g train)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    parser.add_argument("--report", metavar="FILE",
+                        help="where to write mix_report.json (default: ./mix_report.json, or DIR/ with --output)")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    parser.add_argument("--trust-scripts", action="store_true",
+                        help="allow seed transform scripts named by path in the manifest (runs their code)")
+    parser.add_argument("--seed", type=int, help="override the manifest's seed (seed list form: default 42)")
+    parser.add_argument("--max-length", type=int, help="override max_length (seed list form: default 4096)")
+    parser.add_argument("--batch-size", type=int, help="override batch_size (seed list form: default 1)")
+    parser.add_argument("--tokenizer", help="override the tokenizer spec: byte, hf:PATH, sp:PATH.model")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="tokenize ahead in N worker processes (the output does not depend on N)")
+
+
+def _budget(args: argparse.Namespace, capacity: int) -> tuple[float | None, str]:
+    if args.tokens:
+        return float(args.tokens), f"--tokens {args.tokens:,}"
+    if args.train_iters:
+        return float(args.train_iters * capacity), f"--train-iters {args.train_iters:,} × {capacity:,} tokens (at most)"
+    return None, ""
+
+
+def _done(args: argparse.Namespace, recorder) -> bool:
+    if args.tokens:
+        return recorder.total_tokens >= args.tokens
+    if args.train_iters:
+        return recorder.batches >= args.train_iters
+    return recorder.total_samples >= (args.samples or DEFAULT_SAMPLES)
+
+
+def _progress_total(args: argparse.Namespace) -> tuple[int, str]:
+    if args.tokens:
+        return args.tokens, "tokens"
+    if args.train_iters:
+        return args.train_iters, "batches"
+    return args.samples or DEFAULT_SAMPLES, "samples"
+
+
+def _log_departures() -> None:
+    """Show the mixer's one-line notices (a dataset leaving the mix, a failing transform) on stderr."""
+    import logging
+
+    logger = logging.getLogger("fm9g.mixer")
+    if not any(getattr(handler, "fm9g_mix", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fm9g mix: %(message)s"))
+        handler.fm9g_mix = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from fm9g.core.errors import Fm9gError
+    from fm9g.mixer.manifest import load_manifest
+    from fm9g.mixer.materialized import MaterializedWriter
+    from fm9g.mixer.plan import make_plan, print_plan
+    from fm9g.mixer.preview import preview_samples, print_preview
+    from fm9g.mixer.report import MixRecorder, print_report, realized_report
+    from fm9g.mixer.stream import MixtureStream
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)
+    for value, flag in ((args.tokens, "--tokens"), (args.train_iters, "--train-iters"), (args.samples, "--samples"),
+                        (args.max_length, "--max-length"), (args.batch_size, "--batch-size")):
+        if value is not None and value < 1:
+            raise Fm9gError(f"{flag} must be at least 1, got {value}", where=flag)
+    manifest = load_manifest(args.manifest).with_overrides(
+        seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, tokenizer=args.tokenizer)
+    for warning in manifest.warnings:
+        console.print(f"[yellow]warning:[/yellow] {args.manifest}: {warning}")
+
+    def open_stream(workers: int = 0) -> MixtureStream:
+        return MixtureStream.from_manifest(manifest, trust_scripts=args.trust_scripts, workers=workers)
+
+    stream = open_stream()
+    console.print(f"[bold]{args.manifest}[/bold]: {len(manifest.datasets)} datasets ({manifest.form} form), "
+                  f"tokenizer {stream.tokenizer.spec}, max_length {stream.max_length}, batch_size "
+                  f"{stream.batch_size}, seed {manifest.seed}")
+    budget_tokens, budget_note = _budget(args, stream.capacity)
+    plan = make_plan(stream, budget_tokens=budget_tokens, budget_note=budget_note)
+    print_plan(plan, console)
+    if args.plan_only:
+        return 0
+    if args.preview:
+        print_preview(preview_samples(open_stream(), stream.task_names, stream.tokenizer, args.preview), console)
+    if args.workers:
+        stream = open_stream(args.workers)
+    _log_departures()
+    writer = MaterializedWriter(args.output, capacity=stream.capacity, force=args.force) if args.output else None
+    recorder = MixRecorder(stream.task_names, stream.tokenizer.bos_id)
+    total, unit = _progress_total(args)
+    started = time.perf_counter()
+    try:
+        with tqdm(total=total, unit=f" {unit}", file=sys.stderr, disable=None, dynamic_ncols=True,
+                  desc="mixing") as bar:
+            for batch in stream:
+                recorder.add(batch)
+                if writer is not None:
+                    writer.add(batch)
+                done = {"tokens": recorder.total_tokens, "batches": recorder.batches,
+                        "samples": recorder.total_samples}[unit]
+                bar.update(min(done, total) - bar.n)
+                if _done(args, recorder):
+                    break
+        seconds = time.perf_counter() - started
+        report = realized_report(recorder, stream, seconds=seconds, plan=plan)
+        if writer is not None:
+            settings = {"task_names": stream.task_names, "tokenizer": stream.tokenizer.spec,
+                        "tokenizer_fingerprint": stream.tokenizer.fingerprint, "pad_id": stream.tokenizer.pad_id,
+                        "max_length": stream.max_length, "batch_size": stream.batch_size,
+                        "manifest": manifest.as_json()}
+            writer.finish(settings=settings, final_state=stream.state_dict(), report=report)
+            writer = None
+    finally:
+        stream.close()
+        if writer is not None:
+            writer.abort()
+    if recorder.batches == 0:
+        console.print("[yellow]warning:[/yellow] the stream produced no batches (every dataset left the mix at once)")
+    print_report(report, console)
+    report_path = Path(args.report) if args.report else (Path(args.output) / "mix_report.json" if args.output
+                                                         else Path("mix_report.json"))
+    if not (args.output and not args.report):
+        temporary = report_path.with_name(f".{report_path.name}.tmp")
+        temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        temporary.replace(report_path)
+    console.print(f"report: {report_path}" + (f"; packed stream: {args.output}" if args.output else ""))
+    if args.plot:
+        from fm9g.mixer.plot import plot_shares
+
+        console.print(f"plot: {plot_shares(recorder.history, report, args.plot)}")
+    return 0

@@ -1,0 +1,97 @@
+"""The plan (SPEC §5.6): what a manifest implies for a token budget, before running anything.
+
+Per dataset: weight and target share, rows, tokens per epoch (estimated by tokenizing a keyed
+random sample of rows through the dataset's real transform and oversize rule — the chat template
+counts), expected tokens and epochs over the budget, and a warning where a weight implies more
+epochs than the dataset may make, with the largest weight that would fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SAMPLE_ROWS = 256
+
+
+def tokens_per_epoch(stream: Any, index: int) -> dict[str, float]:
+    """Estimated kept tokens per epoch of dataset ``index`` and the mean kept sample length."""
+    source = stream._sources[index]
+    nlines = source.template.nlines
+    if nlines == 0:
+        return {"tokens": 0.0, "mean_sample": 0.0, "kept_fraction": 0.0}
+    count = min(nlines, SAMPLE_ROWS)
+    task = source._task(0, 0, count)
+    chunk = source.builder.build(task)
+    kept = chunk.kept.astype(np.float64)
+    mean_kept = float(kept.mean())
+    kept_fraction = float(np.count_nonzero(kept) / len(kept))
+    return {
+        "tokens": mean_kept * nlines,
+        "mean_sample": float(kept[kept > 0].mean()) if kept_fraction else 0.0,
+        "kept_fraction": kept_fraction,
+    }
+
+
+def allowed_epochs(spec: Any) -> float:
+    if not spec.allow_repeat:
+        return 1.0
+    return float(spec.max_epochs) if spec.max_epochs else float("inf")
+
+
+def make_plan(stream: Any, *, budget_tokens: float | None, budget_note: str) -> dict[str, Any]:
+    """The plan as a JSON-ready dict; ``budget_tokens`` None means one pass over every dataset."""
+    specs = stream.manifest.datasets
+    weights = np.array([spec.abs_weight for spec in specs], dtype=float)
+    shares = weights / weights.sum()
+    estimates = [tokens_per_epoch(stream, index) for index in range(len(specs))]
+    if budget_tokens is None:
+        budget_tokens = float(sum(estimate["tokens"] for estimate in estimates))
+        budget_note = "one pass over all datasets"
+    datasets, warnings = [], []
+    for spec, share, estimate, progress in zip(specs, shares, estimates, stream.progress):
+        expected = share * budget_tokens
+        epochs = expected / estimate["tokens"] if estimate["tokens"] else float("inf")
+        limit = allowed_epochs(spec)
+        entry = {
+            "task_name": spec.task_name, "abs_weight": spec.abs_weight, "target_share": float(share),
+            "rows": progress.nlines, "tokens_per_epoch": round(estimate["tokens"]),
+            "mean_sample_tokens": round(estimate["mean_sample"], 1), "kept_fraction": round(estimate["kept_fraction"], 4),
+            "expected_tokens": round(expected), "expected_epochs": round(epochs, 4) if np.isfinite(epochs) else None,
+            "allowed_epochs": None if limit == float("inf") else limit,
+        }
+        if share > 0 and epochs > limit:
+            fit_share = limit * estimate["tokens"] / budget_tokens
+            others = float(weights.sum() - spec.abs_weight)
+            fit_weight = fit_share * others / (1 - fit_share) if fit_share < 1 else None
+            entry["largest_fitting_weight"] = fit_weight
+            weight_text = f"abs_weight <= {fit_weight:.4g}" if fit_weight is not None else "any weight"
+            warnings.append(
+                f"{spec.where} ({spec.task_name}): the weight implies {epochs:.2f} epochs but the dataset may make "
+                f"{limit:g} (allow_repeat={str(spec.allow_repeat).lower()}, max_epochs={spec.max_epochs}); it will "
+                f"leave the mix early and the others renormalize; {weight_text} would fit "
+                f"(keeping the other weights)"
+            )
+        datasets.append(entry)
+    return {"budget_tokens": round(budget_tokens), "budget": budget_note, "datasets": datasets, "warnings": warnings}
+
+
+def print_plan(plan: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"plan: {plan['budget_tokens']:,} tokens ({plan['budget']})", box=None, title_justify="left")
+    for column in ("task", "weight", "share", "rows", "tokens/epoch", "sample", "expected tokens", "epochs", "allowed"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for entry in plan["datasets"]:
+        epochs = entry["expected_epochs"]
+        allowed = entry["allowed_epochs"]
+        table.add_row(
+            entry["task_name"], f"{entry['abs_weight']:g}", f"{100 * entry['target_share']:.2f}%",
+            f"{entry['rows']:,}", f"{entry['tokens_per_epoch']:,}", f"{entry['mean_sample_tokens']:.0f}",
+            f"{entry['expected_tokens']:,}", "-" if epochs is None else f"{epochs:.3f}",
+            "∞" if allowed is None else f"{allowed:g}",
+        )
+    console.print(table)
+    for warning in plan["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -1,0 +1,213 @@
+"""Records to training samples (SPEC §5.2), built a chunk of rows at a time.
+
+For each record: apply the transform, then ``src = [bos] + enc(input) + enc(output)`` and
+``tgt = [-100] * len(enc(input)) + enc(output) + [eos]`` — the seed's pre-shifted targets, so
+``src[i]`` predicts ``tgt[i]`` and no shift happens at loss time. Equivalently ``tgt`` is ``src``
+moved left by one with ``eos`` appended and the prompt masked, which is how it is computed here,
+for a whole chunk at once with numpy.
+
+A prompt of ``>= max_length - 2`` tokens drops the sample. A longer sample follows the dataset's
+``oversize_rule``: ``drop``, ``head`` (keep the first ``max_length`` tokens) or ``segment``
+(consecutive ``max_length`` windows, each packed as its own sample). Every drop or cut is counted
+by reason. A sample is a pure function of (dataset row, epoch, seed, transform, tokenizer): that is
+what lets tokenization run ahead, in any number of workers, without changing the stream.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from fm9g.core.protocols import Record, Tokenizer, TransformFn
+
+IGNORE_INDEX = -100
+OVERSIZE_RULES = ("drop", "head", "segment")
+
+OK, SEGMENTED, TRUNCATED, INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT = range(7)
+STATUS_NAMES = (
+    "ok",
+    "segmented",
+    "truncated",
+    "input_too_long",
+    "too_long",
+    "transform_error",
+    "bad_transform_output",
+)
+"""Per-sample outcome; the names are the reasons counted in reports and stream state."""
+DROPPED = frozenset({INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT})
+
+
+def sample_seed(base_key: int, row: int) -> int:
+    """Seed of the ``random.Random`` handed to a transform for one row of one epoch."""
+    return (base_key ^ ((row + 1) * 0x9E3779B97F4A7C15)) & ((1 << 64) - 1)
+
+
+class RowRandom(random.Random):
+    """A ``random.Random`` seeded with ``seed`` on first use: most transforms never draw a number,
+    and seeding the Mersenne Twister costs more than the rest of a typical transform."""
+
+    def __init__(self, seed: int):
+        self._pending_seed: int | None = seed
+        self.gauss_next = None
+
+    def _seed_now(self) -> None:
+        if self._pending_seed is not None:
+            super().seed(self._pending_seed)
+            self._pending_seed = None
+
+    def random(self) -> float:
+        self._seed_now()
+        return super().random()
+
+    def getrandbits(self, k: int) -> int:
+        self._seed_now()
+        return super().getrandbits(k)
+
+    def getstate(self):
+        self._seed_now()
+        return super().getstate()
+
+    def seed(self, a=None, version=2) -> None:
+        self._pending_seed = None
+        super().seed(a, version)
+
+
+@dataclass
+class Chunk:
+    """Consecutive positions ``start .. start+len(rows)`` of one dataset's epoch, tokenized.
+
+    ``src``/``tgt`` hold every sample back to back; sample ``k`` occupies
+    ``offsets[k] : offsets[k] + kept[k]`` (``kept`` is 0 for dropped samples and ``max_length`` for
+    ``head``-truncated ones); ``status[k]`` is an index into :data:`STATUS_NAMES`.
+    """
+
+    epoch: int
+    start: int
+    rows: np.ndarray
+    src: np.ndarray
+    tgt: np.ndarray
+    offsets: np.ndarray
+    kept: np.ndarray
+    status: np.ndarray
+    errors: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def apply_transform(
+    transform: TransformFn, records: Sequence[Record], rows: np.ndarray, first_sample: int, base_key: int
+) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """Run the transform over a chunk of records; failures become statuses, not exceptions."""
+    inputs: list[str] = []
+    outputs: list[str] = []
+    status = np.zeros(len(records), dtype=np.int8)
+    errors: list[str] = []
+    for k, (record, row) in enumerate(zip(records, rows.tolist())):
+        try:
+            result = transform(record, first_sample + k, RowRandom(sample_seed(base_key, row)))
+        except Exception as error:  # noqa: BLE001 - user transform code; counted and reported
+            status[k] = TRANSFORM_ERROR
+            errors.append(f"row {row}: {type(error).__name__}: {error}")
+            inputs.append("")
+            outputs.append("")
+            continue
+        source = result.get("input", "") if isinstance(result, dict) else None
+        target = result.get("output", "") if isinstance(result, dict) else None
+        if not isinstance(source, str) or not isinstance(target, str):
+            status[k] = BAD_TRANSFORM_OUTPUT
+            errors.append(f"row {row}: transform returned {type(result).__name__}, not input/output strings")
+            inputs.append("")
+            outputs.append("")
+            continue
+        inputs.append(source)
+        outputs.append(target)
+    return inputs, outputs, status, errors
+
+
+def tokenize_samples(
+    tokenizer: Tokenizer, inputs: list[str], outputs: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat ``src`` and ``tgt`` of all samples back to back, and per sample ``(offset, prompt tokens,
+    length)`` as an int64 array ``[count, 3]``."""
+    count = len(inputs)
+    encoded = tokenizer.encode_batch(inputs + outputs)
+    input_ids, output_ids = encoded[:count], encoded[count:]
+    input_lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=count)
+    output_lengths = np.fromiter(map(len, output_ids), dtype=np.int64, count=count)
+    lengths = 1 + input_lengths + output_lengths
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    body = np.fromiter(
+        chain.from_iterable(chain.from_iterable(zip(input_ids, output_ids))), dtype=np.int32, count=total - count
+    )
+    starts = offsets[:-1]
+    relative = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    is_bos = relative == 0
+    src = np.empty(total, dtype=np.int32)
+    src[is_bos] = tokenizer.bos_id
+    src[~is_bos] = body
+    tgt = np.empty(total, dtype=np.int32)
+    tgt[:-1] = src[1:]
+    tgt[offsets[1:] - 1] = tokenizer.eos_id
+    tgt[relative < np.repeat(input_lengths, lengths)] = IGNORE_INDEX
+    return src, tgt, np.stack([offsets[:-1], input_lengths, lengths], axis=1)
+
+
+def build_chunk(
+    records: Sequence[Record],
+    rows: np.ndarray,
+    *,
+    epoch: int,
+    start: int,
+    nlines: int,
+    transform: TransformFn,
+    tokenizer: Tokenizer,
+    max_length: int,
+    oversize_rule: str,
+    base_key: int,
+) -> Chunk:
+    """Tokenize the records at consecutive positions ``start..`` of an epoch into a :class:`Chunk`."""
+    inputs, outputs, status, errors = apply_transform(
+        transform, records, rows, epoch * nlines + start, base_key
+    )
+    src, tgt, layout = tokenize_samples(tokenizer, inputs, outputs)
+    offsets, input_lengths, lengths = layout[:, 0], layout[:, 1], layout[:, 2]
+    kept = lengths.copy()
+    failed = status != OK
+    too_long_prompt = ~failed & (input_lengths >= max_length - 2)
+    status[too_long_prompt] = INPUT_TOO_LONG
+    oversize = (status == OK) & (lengths > max_length)
+    if oversize_rule == "drop":
+        status[oversize] = TOO_LONG
+    elif oversize_rule == "head":
+        status[oversize] = TRUNCATED
+        kept[oversize] = max_length
+    else:
+        status[oversize] = SEGMENTED
+    kept[np.isin(status, list(DROPPED))] = 0
+    return Chunk(epoch, start, rows, src, tgt, offsets, kept, status, errors)
+
+
+def windows(start: int, kept: int, max_length: int) -> list[tuple[int, int]]:
+    """The ``[begin, end)`` pieces a kept sample is packed as: one, or ``max_length`` windows."""
+    return [(begin, min(begin + max_length, start + kept)) for begin in range(start, start + kept, max_length)]
+
+
+def status_counts(counts: dict[str, int], status: int) -> None:
+    """Add one sample of ``status`` to a reason -> count dict (``ok`` is not counted)."""
+    if status != OK:
+        name = STATUS_NAMES[status]
+        counts[name] = counts.get(name, 0) + 1
+
+
+def describe_sample(src: Any, tgt: Any) -> tuple[int, int]:
+    """(prompt tokens, trained tokens) of one packed piece."""
+    trained = int(np.count_nonzero(np.asarray(tgt) != IGNORE_INDEX))
+    return len(src) - trained, trained

@@ -1,0 +1,145 @@
+"""``fm9g mix`` end to end on the bundled examples (real prepare/index, real subprocesses)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fm9g.cli import main as fm9g_main
+from fm9g.mixer.materialized import MaterializedStream, MaterializedWriter
+from fm9g.mixer.stream import MixtureStream
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory) -> Path:
+    """A copy of examples/ (manifests, seed scripts) with work/idx built by fm9g prepare + fm9g index."""
+    root = tmp_path_factory.mktemp("examples")
+    for name in ("mix.json", "mix_seed.json"):
+        shutil.copy(EXAMPLES / name, root / name)
+    shutil.copytree(EXAMPLES / "seed_scripts", root / "seed_scripts")
+    raw = EXAMPLES / "raw"
+    prepare = [("txt", "pretrain.txt", "pretrain", []), ("alpaca", "alpaca_zh.json", "alpaca", ["--split", "test=0.05"]),
+               ("medical-o1", "medical_o1.json", "medical", ["--split", "test=0.05", "--option", "language=zh"])]
+    for adapter, source, name, extra in prepare:
+        assert fm9g_main(["prepare", "--adapter", adapter, "--input", str(raw / source),
+                          "--output", str(root / "work/prepared" / name), "--seed", "3014", *extra]) == 0
+        assert fm9g_main(["index", "--input", str(root / "work/prepared" / name / "train.jsonl"),
+                          "--output", str(root / "work/idx" / name), "--tokenizer", "byte", "--workers", "1"]) == 0
+    return root
+
+
+def fm9g(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fm9g", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "160"}, timeout=300)
+
+
+def test_object_manifest_plan_run_report_preview_plot_and_output(examples_dir):
+    result = fm9g("mix", "--manifest", "mix.json", "--samples", "600", "--preview", "2", "--plot", "share.png",
+                  "--output", "mixed", cwd=examples_dir)
+    assert result.returncode == 0, result.stderr
+    assert "plan:" in result.stdout and "realized mixture" in result.stdout
+    assert "[prompt] <|im_start|>system" in result.stdout or "[prompt] " in result.stdout
+    assert "[trained] " in result.stdout
+    report = json.loads((examples_dir / "mixed" / "mix_report.json").read_text())
+    assert report["samples"] >= 600 and {d["task_name"] for d in report["datasets"]} == {"pretrain", "alpaca", "medical"}
+    assert report["max_share_error_pp"] < 0.5 and 0.5 < report["packing_efficiency"] <= 1
+    assert (examples_dir / "share.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    materialized = list(MaterializedStream(examples_dir / "mixed"))
+    live = MixtureStream.from_manifest(examples_dir / "mix.json")
+    assert len(materialized) == report["batches"]
+    for stored, batch in zip(materialized, live):
+        for field in ("input_ids", "targets", "position_ids", "task_ids", "cu_seqlens"):
+            np.testing.assert_array_equal(getattr(stored, field), getattr(batch, field), err_msg=field)
+        assert stored.num_tokens == batch.num_tokens
+    again = fm9g("mix", "--manifest", "mix.json", "--samples", "10", "--output", "mixed", cwd=examples_dir)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+
+
+def test_seed_manifest_needs_trust_scripts(examples_dir):
+    refused = fm9g("mix", "--manifest", "mix_seed.json", "--samples", "50", cwd=examples_dir)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "--trust-scripts" in refused.stderr and "docs/plugins.md" in refused.stderr
+    accepted = fm9g("mix", "--manifest", "mix_seed.json", "--trust-scripts", "--train-iters", "20",
+                    "--max-length", "2048", "--report", "seed_report.json", cwd=examples_dir)
+    assert accepted.returncode == 0, accepted.stderr
+    report = json.loads((examples_dir / "seed_report.json").read_text())
+    assert report["batches"] == 20 and report["settings"]["max_length"] == 2048
+
+
+def test_bad_manifest_lists_every_problem(examples_dir):
+    (examples_dir / "bad.json").write_text(json.dumps([
+        {"task_name": "a", "abs_weight": -1, "path": "work/idx/alpaca"},
+        {"task_name": "a", "abs_weight": 1, "path": "nowhere", "transforms": "chatlm"}]))
+    result = fm9g("mix", "--manifest", "bad.json", cwd=examples_dir)
+    assert result.returncode == 2
+    assert "bad.json: $[0].abs_weight: -1 is less than the minimum of 0" in result.stderr
+    assert "bad.json: $[1].task_name: duplicate task name 'a'" in result.stderr
+    assert "$[1].path: directory does not exist" in result.stderr
+    assert "did you mean 'chatml'?" in result.stderr
+
+
+def test_coloured_preview_differs_between_prompt_and_trained(examples_dir):
+    from rich.console import Console
+
+    from fm9g.mixer.preview import preview_samples, print_preview
+
+    stream = MixtureStream.from_manifest(examples_dir / "mix.json")
+    samples = preview_samples(stream, stream.task_names, stream.tokenizer, 3)
+    assert any(sample.prompt_tokens and sample.trained_tokens for sample in samples)
+    buffer = io.StringIO()
+    print_preview(samples, Console(file=buffer, force_terminal=True, color_system="truecolor", width=200))
+    text = buffer.getvalue()
+    assert "\x1b[2;36m" in text and "\x1b[32m" in text and "[prompt]" not in text
+
+
+def test_plan_warns_when_a_weight_needs_more_epochs_than_allowed(examples_dir):
+    from fm9g.mixer.manifest import load_manifest
+    from fm9g.mixer.plan import make_plan
+
+    manifest = load_manifest(examples_dir / "mix.json")
+    stream = MixtureStream.from_manifest(manifest)
+    plan = make_plan(stream, budget_tokens=5_000_000, budget_note="test")
+    medical = next(entry for entry in plan["datasets"] if entry["task_name"] == "medical")
+    assert medical["expected_epochs"] > 8 and medical["largest_fitting_weight"] < 0.3
+    assert any("(medical)" in warning and "abs_weight <=" in warning for warning in plan["warnings"])
+
+
+def test_materialized_ranks_and_resume_cover_every_batch_once(examples_dir, tmp_path):
+    stream = MixtureStream.from_manifest(examples_dir / "mix.json")
+    writer = MaterializedWriter(tmp_path / "m", capacity=stream.capacity)
+    writer.shard_batches = 4
+    batches = list(islice(stream, 11))
+    for batch in batches:
+        writer.add(batch)
+    writer.finish(settings={"task_names": stream.task_names, "tokenizer": "byte", "max_length": stream.max_length,
+                            "batch_size": stream.batch_size}, final_state=stream.state_dict(), report={})
+    seen = []
+    states = []
+    for rank in range(2):
+        reader = MaterializedStream(tmp_path / "m", rank=rank, world_size=2)
+        seen += [batch.index for batch in islice(reader, 2)]
+        states.append(reader.state_dict())
+    assert states[0] == states[1] and sorted(seen) == [0, 1, 2, 3]
+    rest = list(MaterializedStream(tmp_path / "m", state=states[0], rank=0, world_size=3))
+    rest += list(MaterializedStream(tmp_path / "m", state=states[0], rank=1, world_size=3))
+    rest += list(MaterializedStream(tmp_path / "m", state=states[0], rank=2, world_size=3))
+    assert sorted(batch.index for batch in rest) == list(range(4, 11))
+    for batch in rest:
+        np.testing.assert_array_equal(batch.input_ids, batches[batch.index].input_ids)
+        np.testing.assert_array_equal(batch.position_ids, batches[batch.index].position_ids)
+    aborted = MaterializedWriter(tmp_path / "never", capacity=stream.capacity)
+    aborted.add(batches[0])
+    aborted.abort()
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
