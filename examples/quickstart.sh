@@ -16,5 +16,6 @@ fm9g index --input work/prepared/alpaca/train.jsonl   --output work/idx/alpaca  
 fm9g index --input work/prepared/medical/train.jsonl  --output work/idx/medical  --language zh --tokenizer byte
 
 fm9g validate mix.json
-fm9g mix --manifest mix.json --samples 2000 --preview 2 --plot work/mix.png
+fm9g mix --manifest mix.json --samples 2000 --preview 2 --plot work/mix.png --report work/mix_report.json
 fm9g train --config train.json
+fm9g export --checkpoint work/run/step-00000040 --output work/hf --tokenizer byte
