@@ -189,14 +189,14 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
     from fm9g.backends.loop import train_step
     from fm9g.backends.models import build_model, parameter_counts
     from fm9g.backends.peft_engine import PeftEngine
-    from fm9g.backends.torch_backend import TorchBackend
+    from fm9g.backends.torch_training import set_dtypes
 
     _reset(device)
     model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
     if scenario["lora"]:
         model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
     config = {"model": {"dtype": "auto"}}
-    TorchBackend._set_dtypes(model, config, device, scenario["lora"])
+    set_dtypes(model, config, device, scenario["lora"])
     if use_checkpoint:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = parameter_counts(model)[0]
@@ -219,7 +219,7 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
 
 def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size):
     """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``)."""
-    from fm9g.backends.bmtrain_backend import cast_parameters, wrap_model
+    from fm9g.backends.bmtrain_training import cast_parameters, wrap_model
     from fm9g.backends.bmtrain_runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
                                                make_manager, make_optimizer)
     from fm9g.backends.data import to_device

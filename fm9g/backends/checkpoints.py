@@ -7,7 +7,10 @@ therefore never a checkpoint, and ``--resume auto`` takes the latest complete on
 Files: ``checkpoint.json`` (schemas/checkpoint.schema.json), ``config.json`` (HF config),
 ``model.safetensors`` (full weights, float32, HF names) or ``adapter_model.safetensors`` +
 ``adapter_config.json`` (LoRA, PEFT format), ``optimizer.pt``, ``scheduler.json``, ``rng.pt``,
-``stream_state.json``. Tensors load with ``weights_only=True``.
+``stream_state.json``; for a LoRA run on a bare preset (random base weights, reproducible from no
+file) also ``base_model.safetensors``, the base weights as trained (float32, HF names; one file
+written per run and hard-linked into every checkpoint), so that ``fm9g export --merge-lora`` and
+resume on another device need nothing else. Tensors load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from fm9g.core.schemas import schema_problems
 
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
+BASE_WEIGHTS = "base_model.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
@@ -63,11 +67,14 @@ def save_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, config
                     weights: str, write_weights: Callable[[Path], dict[str, str]],
                     optimizer_state: dict[str, Any], scheduler_state: dict[str, Any],
                     rng_state: dict[str, Any], stream_state: dict[str, Any],
-                    hf_config: Any | None = None, backend: str = "torch") -> Path:
+                    hf_config: Any | None = None, backend: str = "torch",
+                    base_weights: Path | None = None) -> Path:
     """Write checkpoint ``step`` atomically and return its directory.
 
     ``write_weights(directory)`` writes the weight files and returns ``{role: file name}``.
-    An existing checkpoint of the same step is replaced only after the new one is complete.
+    ``base_weights`` (a LoRA run's stored base, see :func:`store_base_weights`) is linked in as
+    ``base_model.safetensors``. An existing checkpoint of the same step is replaced only after the
+    new one is complete.
     """
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +83,9 @@ def save_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, config
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     files = dict(write_weights(temp))
+    if base_weights is not None:
+        _link_or_copy(Path(base_weights), temp / BASE_WEIGHTS)
+        files["base_weights"] = BASE_WEIGHTS
     if hf_config is not None:
         hf_config.to_json_file(temp / "config.json")
         files["hf_config"] = "config.json"
@@ -101,6 +111,27 @@ def save_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, config
         os.rename(temp, final)
     _fsync_dir(save_dir)
     return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no extra disk for a file every checkpoint shares), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def start_run(save_dir: str | Path, resume: str | Path | None, *, is_main: bool) -> dict[str, Any] | None:
+    """What every backend checks before training: the manifest of the resume point (or ``None``), a
+    save directory without checkpoints when starting fresh, and no temporaries of killed runs."""
+    save_dir = Path(save_dir)
+    manifest = read_manifest(resume) if resume else None
+    if manifest is None and latest_checkpoint(save_dir) is not None:
+        raise Fm9gError("the save directory already holds checkpoints", where=str(save_dir),
+                        fix="resume with --resume auto, or choose another 'save' directory")
+    if is_main:
+        remove_stale_temporaries(save_dir)
+    return manifest
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -147,6 +178,8 @@ def remove_stale_temporaries(save_dir: str | Path) -> None:
     if save_dir.is_dir():
         for path in save_dir.glob(".tmp-step-*"):
             shutil.rmtree(path, ignore_errors=True)
+        for path in save_dir.glob(f".tmp-{BASE_WEIGHTS}-*"):
+            path.unlink(missing_ok=True)
 
 
 def read_state_json(directory: str | Path, name: str) -> Any:
@@ -163,16 +196,52 @@ def save_full_weights(state: dict[str, torch.Tensor], directory: Path) -> dict[s
     """Every parameter as float32 in ``model.safetensors`` (shared storage is copied, as safetensors needs)."""
     from safetensors.torch import save_file
 
+    save_file(float32_tensors(state), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return {"weights": "model.safetensors"}
+
+
+def float32_tensors(state: dict[str, torch.Tensor], round_to: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Contiguous float32 CPU copies (through ``round_to`` first) of a state dict's floating tensors;
+    tensors sharing storage (tied embeddings) become separate, as safetensors needs."""
     seen: set[int] = set()
     tensors = {}
     for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(round_to).to(torch.float32)
+        tensor = tensor.contiguous()
         if tensor.data_ptr() in seen:
             tensor = tensor.clone()
         seen.add(tensor.data_ptr())
         tensors[name] = tensor
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return {"weights": "model.safetensors"}
+    return tensors
+
+
+def stores_base_weights(config: dict[str, Any]) -> bool:
+    """A LoRA run whose base weights no file reproduces: a preset without ``seed_pt`` (random init)."""
+    model = config["model"]
+    return bool(config.get("delta")) and not model.get("hf_path") and not model.get("seed_pt")
+
+
+def store_base_weights(state: dict[str, torch.Tensor], save_dir: str | Path,
+                       dtype: torch.dtype = torch.float32) -> Path:
+    """Write a LoRA run's base weights once, as ``<save>/base_model.safetensors`` (float32, rounded
+    through ``dtype`` first: the precision the frozen base trains in), atomically; return the path."""
+    from safetensors.torch import save_file
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    final = save_dir / BASE_WEIGHTS
+    temp = save_dir / f".tmp-{BASE_WEIGHTS}-{os.getpid()}"
+    save_file(float32_tensors(state, round_to=dtype), str(temp), metadata={"format": "pt"})
+    os.replace(temp, final)
+    return final
+
+
+def base_weights_of(directory: str | Path, manifest: dict[str, Any]) -> Path | None:
+    """The stored base weights of a checkpoint (``None`` when it has none)."""
+    name = manifest.get("files", {}).get("base_weights")
+    return Path(directory) / name if name else None
 
 
 def load_full_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -194,6 +263,17 @@ def capture_rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def restore_rng(directory: str | Path, *, rank: int, world_size: int) -> None:
+    """This rank's generator states from ``rng.pt``; with another world size than the checkpoint's,
+    fresh ones from the run's seed (as at a start)."""
+    rng = load_tensors(Path(directory) / "rng.pt")
+    ranks = rng.get("ranks", [rng])
+    if len(ranks) == world_size:
+        restore_rng_state(ranks[rank])
+    else:
+        torch.manual_seed(int(rng.get("seed", 0)) + rank)
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fm9g.backends.data import DeviceBatch, take, to_device
+from fm9g.backends.logging import RunLogger
 from fm9g.backends.loss import IGNORE_INDEX, token_loss
 
 
@@ -188,3 +189,28 @@ def run_loop(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, stream
     if state.step != last_saved:
         save(state)
     return state
+
+
+def run_training(run: Any, *, is_main: bool, save_dir: Any, stream: Any, state: TrainState, config: dict[str, Any],
+                 **loop_arguments: Any) -> TrainState:
+    """:func:`run_loop` with the run's logger and progress bar (rank 0 only), both closed (and the
+    stream too) however it ends. ``run`` is the :class:`~fm9g.backends.run_context.RunContext`."""
+    logger = RunLogger(save_dir, resume_step=state.step, enabled=is_main)
+    progress = run.progress(total=config["train_iters"], initial=state.step) if is_main else None
+    try:
+        return run_loop(stream=stream, state=state, config=config, logger=logger, progress=progress,
+                        inspect=run.message if is_main else None, **loop_arguments)
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+        if hasattr(stream, "close"):
+            stream.close()
+
+
+def training_result(state: TrainState, save_dir: Any) -> dict[str, Any]:
+    """What a backend's ``train`` returns: the final step, tokens seen and the latest checkpoint."""
+    from fm9g.backends.checkpoints import latest_checkpoint
+
+    latest = latest_checkpoint(save_dir)
+    return {"step": state.step, "tokens_seen": state.tokens_seen, "checkpoint": str(latest) if latest else None}

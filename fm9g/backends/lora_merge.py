@@ -221,7 +221,8 @@ def convert_merge_lora(
 ):
     """A seed LoRA folded into a seed ``.pt`` (-> ``.pt``) or an HF directory (-> HF directory)."""
     from fm9g.backends.export import (ExportReport, check_output_free, copy_remote_code, refuse_nested,
-                                      save_model_dir, staged_directory, write_tokenizer)
+                                      save_model_dir, staged_directory)
+    from fm9g.backends.export_tokenizer import write_tokenizer
     from fm9g.backends.seed_checkpoint import (load_hf_config, load_hf_state_dict, load_seed_pt,
                                                materialize_model, save_seed_pt)
 

@@ -6,6 +6,9 @@ The seed's bmtrain checkpoints use other parameter names; ``fm9g.backends.seed_n
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from fm9g.backends.attention import register_varlen_attention
 from fm9g.backends.presets import PRESETS, preset_config
 from fm9g.backends.seed_names import seed_name_to_hf
 from fm9g.core.errors import Fm9gError, UnknownName
+
 
 def load_seed_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A seed ``.pt`` (plain ``{name: tensor}``, bmtrain names) with its names mapped to HF names."""
@@ -113,3 +117,54 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
         total += count
         trainable += count if parameter.requires_grad else 0
     return total, trainable
+
+
+@dataclass
+class TrainingModel:
+    """The model a backend trains, with what its checkpoints need besides the weights."""
+
+    model: torch.nn.Module
+    engine: Any | None
+    """The delta engine that wrapped the model (``None`` for a full fine-tune)."""
+    hf_config: Any
+    """The base model's HF config, as ``config.json`` of every checkpoint."""
+    base_weights: Path | None
+    """The stored base weights to link into every checkpoint (LoRA on a bare preset), else ``None``."""
+
+
+def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_size: int | None,
+                         resume: Path | None, manifest: dict[str, Any] | None, is_main: bool,
+                         base_dtype: torch.dtype, prepare: Callable[[torch.nn.Module], Any] | None = None) -> TrainingModel:
+    """Build the model, ``prepare`` it (e.g. untie embeddings), apply the delta, load a checkpoint.
+
+    A LoRA run on a bare preset stores its base weights (rounded to ``base_dtype``, the precision
+    the frozen base trains in) once in the save directory, or, resuming, loads them from the
+    checkpoint, so the base is the same whatever device re-initialises it.
+    """
+    from fm9g.backends import checkpoints as ckpt
+
+    model = build_model(config["model"], seed=config["seed"], device=device, vocab_size=vocab_size)
+    if prepare is not None:
+        prepare(model)
+    hf_config = copy.deepcopy(model.config)
+    stored = ckpt.base_weights_of(resume, manifest) if manifest is not None else None
+    if stored is not None:
+        from safetensors.torch import load_file
+
+        load_into(model, load_file(str(stored)), source=stored)
+    elif ckpt.stores_base_weights(config):
+        stored = Path(config["save"]) / ckpt.BASE_WEIGHTS
+        if is_main:
+            ckpt.store_base_weights(model.state_dict(), config["save"], base_dtype)
+    delta, engine = config.get("delta"), None
+    if delta:
+        from fm9g.core.plugins import get_plugin
+
+        engine = get_plugin("delta_engine", delta.get("engine", "peft"), where="train config: delta.engine")
+        model = engine.apply(model, delta)
+    if manifest is not None:
+        if engine is not None:
+            engine.load(model, resume)
+        else:
+            load_into(model, ckpt.load_full_weights(resume), source=resume)
+    return TrainingModel(model, engine, hf_config, stored)

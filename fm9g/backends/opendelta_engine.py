@@ -27,6 +27,7 @@ format, and with ``save_format: opendelta`` also ``opendelta_lora.pt``, the seed
 Engine interface used by the backends (as ``fm9g.backends.peft_engine``): ``apply(model, options)
 -> model``, ``save(model, directory, options, state_dict=None) -> {role: file}``,
 ``load(model, directory)``; plus ``trainable_state_dict(model)`` (LoRA tensors, OpenDelta keys).
+The registry imports this module, so torch is imported inside the methods that use it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import fm9g
 from fm9g.backends.opendelta_compat import import_opendelta
@@ -51,6 +50,9 @@ from fm9g.backends.seed_names import (
     seed_name_to_hf,
 )
 from fm9g.core.errors import Fm9gError
+
+if TYPE_CHECKING:
+    import torch
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -169,6 +171,7 @@ class OpenDeltaEngine:
 
         ``state_dict`` is the model's state (e.g. gathered from FSDP shards; only its LoRA entries
         are used); by default the model's own LoRA parameters. Tensors are saved as float32."""
+        import torch
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -192,6 +195,8 @@ class OpenDeltaEngine:
 
         Reads ``adapter_model.safetensors`` (PEFT keys), or else ``opendelta_lora.pt`` (the seed's
         OpenDelta keys, seed or HF names). Every LoRA parameter must be present with its shape."""
+        import torch
+
         directory = Path(directory)
         adapter_path, seed_path = directory / ADAPTER_FILE, directory / OPENDELTA_FILE
         if adapter_path.is_file():

@@ -8,17 +8,19 @@ for the seed's tools.
 
 Engine interface used by the backends: ``apply(model, options) -> model``,
 ``save(model, directory, options, state_dict=None) -> {role: file}``, ``load(model, directory)``.
+The registry imports this module, so torch and PEFT are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import fm9g
 from fm9g.core.errors import Fm9gError, UnknownName
+
+if TYPE_CHECKING:
+    import torch
 
 SEED_TO_HF_MODULE = {
     "project_q": "q_proj", "project_k": "k_proj", "project_v": "v_proj", "attention_out": "o_proj",
@@ -46,6 +48,8 @@ def hf_target_modules(lora_layer: list[str], model: torch.nn.Module | None = Non
     """Map seed names to HF module names; with a model, unknown names are errors with suggestions."""
     targets = [SEED_TO_HF_MODULE.get(name, name) for name in lora_layer]
     if model is not None:
+        import torch
+
         leaf_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                       if isinstance(module, torch.nn.Linear)}
         for original, target in zip(lora_layer, targets):
@@ -87,6 +91,7 @@ class PeftEngine:
         ``state_dict`` is the model's (trainable) state with PeftModel names, e.g. gathered from
         FSDP shards; by default the model's own.
         """
+        import torch
         from peft import get_peft_model_state_dict
 
         directory = Path(directory)

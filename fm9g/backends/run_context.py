@@ -45,6 +45,14 @@ class RunContext:
     stream_factory: Callable[..., Any] | None = None
     """``(config, rank=, world_size=, state=) -> stream``; default: the config's data (``data.open_stream``)."""
 
+    def open_stream(self, config: dict[str, Any], *, rank: int, world_size: int) -> Any:
+        """This rank's packed-batch stream, at the resume checkpoint's stream state when resuming."""
+        from fm9g.backends.checkpoints import read_state_json
+        from fm9g.backends.data import open_stream
+
+        state = read_state_json(self.resume, "stream_state.json") if self.resume else None
+        return (self.stream_factory or open_stream)(config, rank=rank, world_size=world_size, state=state)
+
     def message(self, text: str) -> None:
         """A line for the user that does not break the progress bar."""
         from tqdm import tqdm

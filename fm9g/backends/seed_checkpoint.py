@@ -320,7 +320,8 @@ def convert_pt_to_hf(
     also the reference for tokenizer files and generation_config.json (never for weights or shard
     indexes). Returns an :class:`fm9g.backends.export.ExportReport`."""
     from fm9g.backends.export import (ExportReport, cast_state, check_output_free, copy_remote_code,
-                                      refuse_nested, save_model_dir, staged_directory, write_tokenizer)
+                                      refuse_nested, save_model_dir, staged_directory)
+    from fm9g.backends.export_tokenizer import write_tokenizer
     from fm9g.backends.lora_merge import merge_seed_lora_file
     from fm9g.backends.presets import preset_config
     from fm9g.backends.seed_names import hf_name_to_seed, seed_to_hf

@@ -2,12 +2,15 @@
 
 ``ListStream`` follows the stream contract (rank r of W gets global batches b ≡ r mod W, JSON
 state, ``task_names``, ``tokenizer``) so the backend can be tested in-process; the CLI tests use
-the real mixer.
+the real mixer (:func:`build_mixture`, :func:`write_train_config`, :func:`run_fm9g`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +123,23 @@ def build_mixture(root: Path, *, max_length: int = 128, batch_size: int = 2) -> 
         {"task_name": "book", "path": "idx/book", "abs_weight": 0.4}]}
     (root / "mix.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return root
+
+
+def write_train_config(directory: Path, manifest: Path, name: str = "train.json", **fields) -> Path:
+    """A train config in ``directory`` over ``manifest`` (written relative to the config file)."""
+    config = {"data": {"manifest": os.path.relpath(manifest, directory)}, "model": {"preset": "tiny-llama"},
+              "save": "run", "train_iters": 8, "save_iters": 4, "batch_size": 2, "max_length": 128,
+              "lr": 2e-3, "warmup_iters": 2}
+    config.update(fields)
+    path = directory / name
+    path.write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return path
+
+
+def fm9g_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fm9g", *args]
+
+
+def run_fm9g(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(fm9g_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

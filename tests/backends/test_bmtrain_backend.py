@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from fm9g.backends import bmtrain_checkpoint as bc
-from fm9g.backends.bmtrain_backend import cast_parameters, untie_embeddings
+from fm9g.backends.bmtrain_training import cast_parameters, untie_embeddings
 from fm9g.backends.bmtrain_runtime import import_bmtrain
 from fm9g.backends.models import build_model
 from fm9g.core.errors import Fm9gError, ValidationFailed
 from fm9g.core.plugins import get_plugin, validate_options
 
-from conftest import write_train_config
+from backend_helpers import write_train_config
 
 
 def test_plugin_is_registered_with_options_schema():

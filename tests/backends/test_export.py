@@ -100,6 +100,18 @@ def test_dtype_option_and_hf_tokenizer(tmp_path: Path, model) -> None:
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 1
 
 
+def test_tokenizer_defaults_to_the_one_the_runs_mix_manifest_names(tmp_path: Path, model, monkeypatch) -> None:
+    train_tiny_hf_tokenizer(tmp_path / "data" / "tok")
+    manifest = tmp_path / "data" / "mix.json"
+    manifest.write_text(json.dumps({"tokenizer": "hf:tok", "datasets": [
+        {"task_name": "a", "path": "idx/a", "abs_weight": 1.0}]}), encoding="utf-8")
+    config = {**train_config({"preset": "tiny-qwen2"}, tokenizer=None), "data": {"manifest": str(manifest)}}
+    checkpoint = write_full_checkpoint(tmp_path / "run", model, config=config)
+    monkeypatch.chdir(tmp_path / "run")  # the recorded absolute paths work from any directory
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tmp_path / "data" / "tok" / "tokenizer.json").read_bytes()
+
+
 def test_bad_checkpoints_and_outputs_are_refused(tmp_path: Path, full_checkpoint: Path, capsys) -> None:
     out = tmp_path / "out"
     err = _error(capsys, "export", "--checkpoint", str(full_checkpoint), "--output", str(full_checkpoint / "hf"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_fm9g, write_train_config
+from backend_helpers import run_fm9g, write_train_config
 from fm9g.backends.logging import read_log
 
 

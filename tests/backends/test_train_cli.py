@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import fm9g_command, run_fm9g, write_train_config
+from backend_helpers import fm9g_command, run_fm9g, write_train_config
 from fm9g.backends.checkpoints import read_manifest
 from fm9g.backends.logging import read_log
 from fm9g.core.schemas import schema_problems

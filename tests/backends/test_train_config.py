@@ -29,6 +29,21 @@ def test_paths_resolve_against_the_config_file_and_defaults_fill(tmp_path, monke
     assert config["backend"] == "torch" and config["delta"] is None
 
 
+def test_resolved_config_and_its_hash_do_not_depend_on_the_cwd(tmp_path, monkeypatch):
+    from fm9g.backends.checkpoints import config_hash
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    _write(tmp_path / "a" / "train.json", {**BASE, "tokenizer": "sp:tok/sp.model",
+                                           "model": {"preset": "tiny-llama", "seed_pt": "w/seed.pt"}})
+    monkeypatch.chdir(tmp_path)
+    from_root = load_train_config("a/train.json")
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    from_below = load_train_config("../train.json")
+    assert from_root == from_below and config_hash(from_root) == config_hash(from_below)
+    assert from_root["model"]["seed_pt"] == str(tmp_path / "a" / "w" / "seed.pt")
+    assert from_root["tokenizer"] == f"sp:{tmp_path / 'a' / 'tok' / 'sp.model'}"
+
+
 def test_dotted_overrides_parse_json_and_create_delta(tmp_path):
     path = _write(tmp_path / "train.json", BASE)
     config = load_train_config(path, ["lr=1e-4", "delta.lora_r=8", "delta.lora_layer=[\"w_0\",\"q_proj\"]",

@@ -1,0 +1,117 @@
+"""Tokenizer files for an exported Hugging Face directory (``fm9g export`` and ``fm9g convert``).
+
+``byte`` becomes a ``tokenizer.json`` giving exactly fm9g's byte tokenizer ids; ``hf:DIR`` copies
+DIR's tokenizer files; ``sp:FILE.model`` writes the model plus the ``tokenizer.json`` transformers
+converts it to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fm9g.core.errors import Fm9gError
+
+TOKENIZER_PATTERNS = (
+    "tokenizer*.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "chat_template*", "*.tiktoken", "spiece.model", "sentencepiece*.model",
+)
+"""Files copied from an ``hf:`` tokenizer directory (never weights or shard indexes)."""
+
+
+def byte_tokenizer_fast():
+    """A ``PreTrainedTokenizerFast`` giving exactly fm9g's byte tokenizer ids (byte + 4; 0-3 specials).
+
+    A BPE model without merges over GPT-2's 256 byte-level symbols; special-token strings in text
+    are encoded as bytes (``split_special_tokens``), as the byte tokenizer does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from fm9g.tokenizers.byte import OFFSET, SPECIALS
+
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    remapped = iter(range(256, 512))
+    symbols = {byte: chr(byte) if byte in printable else chr(next(remapped)) for byte in range(256)}
+    vocab = {special: index for index, special in enumerate(SPECIALS)}
+    vocab.update({symbol: byte + OFFSET for byte, symbol in symbols.items()})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(special, special=True, normalized=False) for special in SPECIALS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        split_special_tokens=True, model_max_length=1 << 30, clean_up_tokenization_spaces=False,
+    )
+
+
+def _sentencepiece_tokenizer(model_file: Path, out: Path) -> None:
+    """``tokenizer.model`` (the file itself) plus the ``tokenizer.json`` transformers converts it to."""
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    shutil.copy2(model_file, out / "tokenizer.model")
+    specials = {f"{role}_token": processor.id_to_piece(index) for role, index in (
+        ("bos", processor.bos_id()), ("eos", processor.eos_id()), ("unk", processor.unk_id()),
+        ("pad", processor.pad_id())) if index >= 0}
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({**specials, "add_bos_token": False, "add_eos_token": False}, indent=2) + "\n", encoding="utf-8")
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+
+
+def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = None) -> tuple[str, dict | None]:
+    """Write tokenizer files for ``spec`` into ``out``; return a note and its special ids (or None).
+
+    ``byte``: a ``tokenizer.json`` reproducing the byte tokenizer; ``hf:DIR``: DIR's tokenizer files
+    copied verbatim; ``sp:FILE.model``: the model as ``tokenizer.model`` plus its converted
+    ``tokenizer.json``; None: the base model directory's tokenizer files when it has some, else
+    nothing (said in the note). Exact ids: load with ``PreTrainedTokenizerFast.from_pretrained`` —
+    transformers 5's ``AutoTokenizer`` swaps in ``Qwen2Tokenizer`` (NFC-normalizing) for qwen2 dirs."""
+    from fm9g.tokenizers import split_spec
+
+    if spec is None:
+        if fallback_dir is not None and _tokenizer_files(fallback_dir):
+            spec = f"hf:{fallback_dir}"
+        else:
+            return "no tokenizer written (the checkpoint names none; pass --tokenizer SPEC)", None
+    name, argument = split_spec(spec)
+    source = Path(argument or "")
+    if name == "byte":
+        byte_tokenizer_fast().save_pretrained(out)
+        note = "tokenizer: byte (tokenizer.json reproducing fm9g's byte tokenizer ids)"
+    elif name == "hf":
+        files = [source] if source.is_file() else _tokenizer_files(source)
+        if not files:
+            raise Fm9gError(f"no tokenizer files in {source}", where=f"tokenizer spec '{spec}'",
+                            fix="point hf: at a directory holding tokenizer.json / tokenizer_config.json")
+        for path in files:
+            shutil.copy2(path, out / path.name)
+        note = f"tokenizer: copied {', '.join(path.name for path in files)} from {source}"
+    elif name == "sp":
+        if not source.is_file():
+            raise Fm9gError("sentencepiece model not found", where=f"tokenizer spec '{spec}'", fix="check the path")
+        _sentencepiece_tokenizer(source, out)
+        note = f"tokenizer: sentencepiece {source} as tokenizer.model + tokenizer.json"
+    else:
+        raise Fm9gError(f"cannot export tokenizer spec '{spec}'", where="tokenizer",
+                        fix="use byte, hf:DIR or sp:FILE.model, or copy the tokenizer files by hand")
+    return note, _special_ids(out)
+
+
+def _tokenizer_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    found = {path for pattern in TOKENIZER_PATTERNS for path in directory.glob(pattern) if path.is_file()}
+    return sorted(path for path in found if not path.name.endswith(".index.json"))
+
+
+def _special_ids(out: Path) -> dict | None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    except (OSError, ValueError, TypeError):
+        return None
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
