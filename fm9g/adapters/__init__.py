@@ -1,1 +1,1 @@
-"""Placeholder: filled in by its stage (see issues)."""
+"""Built-in dataset adapters (txt, jsonl); more come as plugin packages (plugins/)."""

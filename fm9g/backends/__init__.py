@@ -1,1 +1,1 @@
-"""Placeholder: filled in by its stage (see issues)."""
+"""Trainer backends, delta (LoRA) engines, model presets and loading, attention, checkpoints, conversions."""

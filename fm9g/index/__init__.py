@@ -1,1 +1,1 @@
-"""Placeholder: filled in by its stage (see issues)."""
+"""Indexed datasets: building (fm9g index), reading with O(1) random access, preparing raw data."""
