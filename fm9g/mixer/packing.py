@@ -10,6 +10,7 @@ fit starts the next batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,9 +31,9 @@ class PackedBatch:
     num_tokens: int
 
 
-@dataclass(frozen=True)
-class Piece:
-    """A window ``[begin, end)`` of a chunk's flat ``src``/``tgt`` arrays, from task ``task``."""
+class Piece(NamedTuple):
+    """A window ``[begin, end)`` of a chunk's flat ``src``/``tgt`` arrays, from task ``task``
+    (a named tuple: one is made per packed sample, and tuples are the cheapest immutable records)."""
 
     task: int
     src: np.ndarray

@@ -16,7 +16,7 @@ what lets tokenization run ahead, in any number of workers, without changing the
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -130,34 +130,119 @@ def apply_transform(
     return inputs, outputs, status, errors
 
 
+FlatTokens = tuple[np.ndarray, np.ndarray]
+"""Every text's ids back to back (int32) and each text's token count (int64)."""
+
+
+def encode_flat(tokenizer: Tokenizer, texts: list[str]) -> FlatTokens:
+    """:data:`FlatTokens` of ``texts``, via the tokenizer's ``encode_batch_flat`` when it has one
+    (the ``hf`` tokenizer: no flat Python list of ids), else ``encode_batch``."""
+    flat = getattr(tokenizer, "encode_batch_flat", None)
+    if callable(flat):
+        return flat(texts)
+    encoded = tokenizer.encode_batch(texts)
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    return np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+def encode_deferred(tokenizer: Tokenizer, texts: list[str]) -> Callable[[], FlatTokens]:
+    """Tokenize ``texts`` now and return a function giving their :data:`FlatTokens`.
+
+    With a tokenizer that has ``encode_batch_deferred`` (``hf``), only the tokenization runs now,
+    mostly outside the GIL; turning the ids into arrays (Python work) waits for the call, so a
+    prefetch thread can tokenize the next chunk while the stream finishes this one."""
+    deferred = getattr(tokenizer, "encode_batch_deferred", None)
+    if callable(deferred):
+        return deferred(texts)
+    result = encode_flat(tokenizer, texts)
+    return lambda: result
+
+
+def interleave(inputs: list[str], outputs: list[str]) -> list[str]:
+    """``[input 0, output 0, input 1, output 1, ...]``: the order whose flat ids are the samples' bodies."""
+    texts: list[str] = [""] * (2 * len(inputs))
+    texts[0::2] = inputs
+    texts[1::2] = outputs
+    return texts
+
+
+def assemble_samples(tokens: FlatTokens, bos_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``src``/``tgt`` of samples whose interleaved prompt/output ids are ``tokens``, and per sample
+    ``(offset, prompt tokens, length)`` as an int64 array ``[count, 3]``: ``src`` is each body with
+    ``bos`` inserted before it; ``tgt`` is ``src`` moved left by one, ``eos`` last, prompt masked."""
+    body, text_lengths = tokens
+    count = len(text_lengths) // 2
+    input_lengths, output_lengths = text_lengths[0::2], text_lengths[1::2]
+    lengths = 1 + input_lengths + output_lengths
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    starts, ends = offsets[:-1], offsets[1:]
+    src = np.insert(body, starts - np.arange(count, dtype=np.int64), np.int32(bos_id))
+    tgt = np.empty(total, dtype=np.int32)
+    tgt[:-1] = src[1:]
+    tgt[ends - 1] = eos_id
+    # +1 where a prompt starts, -1 where it ends: the running sum is 1 exactly on prompt tokens.
+    # Each index set is unique, so plain fancy-index updates are exact.
+    prompt_edges = np.zeros(total + 1, dtype=np.int32)
+    prompt_edges[starts] += 1
+    prompt_edges[starts + input_lengths] -= 1
+    tgt[np.cumsum(prompt_edges[:-1]) > 0] = IGNORE_INDEX
+    return src, tgt, np.stack([starts, input_lengths, lengths], axis=1)
+
+
 def tokenize_samples(
     tokenizer: Tokenizer, inputs: list[str], outputs: list[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat ``src`` and ``tgt`` of all samples back to back, and per sample ``(offset, prompt tokens,
     length)`` as an int64 array ``[count, 3]``."""
-    count = len(inputs)
-    encoded = tokenizer.encode_batch(inputs + outputs)
-    input_ids, output_ids = encoded[:count], encoded[count:]
-    input_lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=count)
-    output_lengths = np.fromiter(map(len, output_ids), dtype=np.int64, count=count)
-    lengths = 1 + input_lengths + output_lengths
-    offsets = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    body = np.fromiter(
-        chain.from_iterable(chain.from_iterable(zip(input_ids, output_ids))), dtype=np.int32, count=total - count
-    )
-    starts = offsets[:-1]
-    relative = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
-    is_bos = relative == 0
-    src = np.empty(total, dtype=np.int32)
-    src[is_bos] = tokenizer.bos_id
-    src[~is_bos] = body
-    tgt = np.empty(total, dtype=np.int32)
-    tgt[:-1] = src[1:]
-    tgt[offsets[1:] - 1] = tokenizer.eos_id
-    tgt[relative < np.repeat(input_lengths, lengths)] = IGNORE_INDEX
-    return src, tgt, np.stack([offsets[:-1], input_lengths, lengths], axis=1)
+    tokens = encode_flat(tokenizer, interleave(inputs, outputs))
+    return assemble_samples(tokens, tokenizer.bos_id, tokenizer.eos_id)
+
+
+@dataclass
+class PreparedChunk:
+    """A chunk before tokenization: its rows transformed into ``texts`` (see :func:`interleave`),
+    with the transform's failures already in ``status``/``errors``."""
+
+    epoch: int
+    start: int
+    rows: np.ndarray
+    texts: list[str]
+    status: np.ndarray
+    errors: list[str]
+
+
+def prepare_chunk(
+    records: Sequence[Record], rows: np.ndarray, *, epoch: int, start: int, nlines: int,
+    transform: TransformFn, base_key: int,
+) -> PreparedChunk:
+    """Transform the records at consecutive positions ``start..`` of an epoch."""
+    inputs, outputs, status, errors = apply_transform(transform, records, rows, epoch * nlines + start, base_key)
+    return PreparedChunk(epoch, start, rows, interleave(inputs, outputs), status, errors)
+
+
+def finish_chunk(
+    prepared: PreparedChunk, tokens: FlatTokens, tokenizer: Tokenizer, *, max_length: int, oversize_rule: str
+) -> Chunk:
+    """Lay out the tokenized samples and decide each one's fate (kept, cut, segmented or dropped)."""
+    src, tgt, layout = assemble_samples(tokens, tokenizer.bos_id, tokenizer.eos_id)
+    offsets, input_lengths, lengths = layout[:, 0], layout[:, 1], layout[:, 2]
+    status = prepared.status.copy()
+    kept = lengths.copy()
+    failed = status != OK
+    too_long_prompt = ~failed & (input_lengths >= max_length - 2)
+    status[too_long_prompt] = INPUT_TOO_LONG
+    oversize = (status == OK) & (lengths > max_length)
+    if oversize_rule == "drop":
+        status[oversize] = TOO_LONG
+    elif oversize_rule == "head":
+        status[oversize] = TRUNCATED
+        kept[oversize] = max_length
+    else:
+        status[oversize] = SEGMENTED
+    kept[np.isin(status, list(DROPPED))] = 0
+    return Chunk(prepared.epoch, prepared.start, prepared.rows, src, tgt, offsets, kept, status, prepared.errors)
 
 
 def build_chunk(
@@ -173,30 +258,18 @@ def build_chunk(
     oversize_rule: str,
     base_key: int,
 ) -> Chunk:
-    """Tokenize the records at consecutive positions ``start..`` of an epoch into a :class:`Chunk`."""
-    inputs, outputs, status, errors = apply_transform(
-        transform, records, rows, epoch * nlines + start, base_key
-    )
-    src, tgt, layout = tokenize_samples(tokenizer, inputs, outputs)
-    offsets, input_lengths, lengths = layout[:, 0], layout[:, 1], layout[:, 2]
-    kept = lengths.copy()
-    failed = status != OK
-    too_long_prompt = ~failed & (input_lengths >= max_length - 2)
-    status[too_long_prompt] = INPUT_TOO_LONG
-    oversize = (status == OK) & (lengths > max_length)
-    if oversize_rule == "drop":
-        status[oversize] = TOO_LONG
-    elif oversize_rule == "head":
-        status[oversize] = TRUNCATED
-        kept[oversize] = max_length
-    else:
-        status[oversize] = SEGMENTED
-    kept[np.isin(status, list(DROPPED))] = 0
-    return Chunk(epoch, start, rows, src, tgt, offsets, kept, status, errors)
+    """Tokenize the records at consecutive positions ``start..`` of an epoch into a :class:`Chunk`
+    (:func:`prepare_chunk`, tokenization, :func:`finish_chunk` in one go)."""
+    prepared = prepare_chunk(records, rows, epoch=epoch, start=start, nlines=nlines, transform=transform,
+                             base_key=base_key)
+    return finish_chunk(prepared, encode_flat(tokenizer, prepared.texts), tokenizer,
+                        max_length=max_length, oversize_rule=oversize_rule)
 
 
 def windows(start: int, kept: int, max_length: int) -> list[tuple[int, int]]:
     """The ``[begin, end)`` pieces a kept sample is packed as: one, or ``max_length`` windows."""
+    if kept <= max_length:
+        return [(start, start + kept)] if kept > 0 else []
     return [(begin, min(begin + max_length, start + kept)) for begin in range(start, start + kept, max_length)]
 
 

@@ -75,28 +75,36 @@ class Scheduler:
     def __init__(self, policies: list[DatasetPolicy], progress: list[DatasetProgress], batch_index: int = 0):
         self.policies = policies
         self.progress = progress
+        self._refresh_active()
         for index, (policy, state) in enumerate(zip(policies, progress)):
             if state.active and (policy.weight <= 0 or state.nlines == 0):
                 self.leave(index, batch_index, "zero weight" if policy.weight <= 0 else "no rows")
             elif state.active and not policy.may_start_epoch(state.epoch):
                 self.leave(index, batch_index, "epoch limit reached")
 
+    def _refresh_active(self) -> None:
+        """Cache what :meth:`choose` needs that changes only when a dataset leaves: the active
+        indices, their normalized weights, and the sum of their token counters (kept up to date
+        by :meth:`consume`)."""
+        self._active = [index for index, state in enumerate(self.progress) if state.active]
+        total_weight = sum(self.policies[index].weight for index in self._active)
+        self._shares = [(index, self.policies[index].weight / total_weight) for index in self._active]
+        self._active_tokens = sum(self.progress[index].tokens for index in self._active)
+
     def active(self) -> list[int]:
-        return [index for index, state in enumerate(self.progress) if state.active]
+        return list(self._active)
 
     def choose(self) -> int | None:
-        """The active dataset lagging furthest behind its target share, or ``None`` when none is left."""
-        progress, policies = self.progress, self.policies
-        active = [index for index, state in enumerate(progress) if state.active]
-        if not active:
-            return None
-        if len(active) == 1:
-            return active[0]
-        total_weight = sum(policies[index].weight for index in active)
-        total_tokens = sum(progress[index].tokens for index in active)
+        """The active dataset lagging furthest behind its target share, or ``None`` when none is left.
+
+        ``lag = weight / total_weight * total_tokens - tokens``, the first of equal lags winning."""
+        active = self._active
+        if len(active) <= 1:
+            return active[0] if active else None
+        progress, total_tokens = self.progress, self._active_tokens
         best, best_lag = active[0], None
-        for index in active:
-            lag = policies[index].weight / total_weight * total_tokens - progress[index].tokens
+        for index, share in self._shares:
+            lag = share * total_tokens - progress[index].tokens
             if best_lag is None or lag > best_lag:
                 best, best_lag = index, lag
         return best
@@ -108,6 +116,8 @@ class Scheduler:
         state.tokens += tokens
         state.total_tokens += tokens
         state.epoch_tokens += tokens
+        if state.active:
+            self._active_tokens += tokens
         if tokens:
             state.samples += 1
         if status_name is not None:
@@ -136,4 +146,5 @@ class Scheduler:
         state.active = False
         state.left_at_batch = batch_index
         state.left_reason = reason
+        self._refresh_active()
         log.info("dataset '%s' left the mix at batch %d: %s", state.task_name, batch_index, reason)

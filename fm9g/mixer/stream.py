@@ -27,7 +27,7 @@ from fm9g.mixer.manifest import Manifest, load_manifest
 from fm9g.mixer.packing import PackedBatch, Piece, pack
 from fm9g.mixer.samples import DROPPED, STATUS_NAMES, TRANSFORM_ERROR, Chunk, windows
 from fm9g.mixer.scheduler import DatasetPolicy, DatasetProgress, Scheduler
-from fm9g.mixer.sources import ChunkBuilder, ChunkTask, SampleSource, init_worker, open_dataset
+from fm9g.mixer.sources import ChunkBuilder, ChunkTask, PrefetchThread, SampleSource, init_worker, open_dataset
 from fm9g.mixer.transforms import bind_transform
 
 __all__ = ["MixtureStream", "PackedBatch"]
@@ -63,6 +63,7 @@ class MixtureStream:
         world_size: int = 1,
         state: dict[str, Any] | None = None,
         workers: int = 0,
+        prefetch: bool = True,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise Fm9gError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -77,9 +78,13 @@ class MixtureStream:
         if workers > 0:
             self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=init_worker)
+        # the thread pays off only when tokenization runs outside the GIL (the hf tokenizer)
+        overlaps = callable(getattr(tokenizer, "encode_batch_deferred", None))
+        self._thread = PrefetchThread() if prefetch and workers <= 0 and overlaps else None
         datasets = [open_dataset(spec.path) for spec in manifest.datasets]
-        self._sources = [self._source(spec, dataset, trust_scripts) for spec, dataset in zip(manifest.datasets, datasets)]
         self._policies = [DatasetPolicy(spec.abs_weight, spec.allow_repeat, spec.max_epochs) for spec in manifest.datasets]
+        self._sources = [self._source(spec, dataset, policy, trust_scripts)
+                         for spec, dataset, policy in zip(manifest.datasets, datasets, self._policies)]
         progress = [DatasetProgress(spec.task_name, len(dataset)) for spec, dataset in zip(manifest.datasets, datasets)]
         self._next_batch = 0
         self.totals = {"batches": 0, "tokens": 0, "capacity": 0, "pieces": 0}
@@ -108,8 +113,14 @@ class MixtureStream:
         state: dict[str, Any] | None = None,
         seed: int | None = None,
         workers: int = 0,
+        prefetch: bool = True,
     ) -> MixtureStream:
-        """The stream a manifest describes; arguments given here override the manifest's settings."""
+        """The stream a manifest describes; arguments given here override the manifest's settings.
+
+        ``workers`` > 0 tokenizes in that many worker processes; otherwise, with ``prefetch`` and a
+        tokenizer that works outside the GIL (``hf``), one background thread tokenizes each
+        dataset's next chunk while the stream finishes and packs the current one. Neither changes
+        the stream's output."""
         if not isinstance(manifest, Manifest):
             manifest = load_manifest(manifest)
         spec = tokenizer if isinstance(tokenizer, str) else None
@@ -121,16 +132,17 @@ class MixtureStream:
         else:
             manifest = manifest.with_overrides(tokenizer=tokenizer.spec)
         return cls(manifest, tokenizer=tokenizer, trust_scripts=trust_scripts, rank=rank,
-                   world_size=world_size, state=state, workers=workers)
+                   world_size=world_size, state=state, workers=workers, prefetch=prefetch)
 
-    def _source(self, spec: Any, dataset: Any, trust_scripts: bool) -> SampleSource:
+    def _source(self, spec: Any, dataset: Any, policy: DatasetPolicy, trust_scripts: bool) -> SampleSource:
         transform = bind_transform(spec.transform, trust_scripts=trust_scripts, where=f"{self.manifest.source}: {spec.where}")
         template = ChunkTask(
             path=str(spec.path), task_name=spec.task_name, seed=self.manifest.seed, epoch=0, start=0, count=0,
             nlines=len(dataset), transform=spec.transform, trust_scripts=trust_scripts,
             tokenizer_spec=self.tokenizer.spec, max_length=self.max_length, oversize_rule=spec.oversize_rule,
         )
-        return SampleSource(template, ChunkBuilder(dataset, transform, self.tokenizer), self._executor)
+        return SampleSource(template, ChunkBuilder(dataset, transform, self.tokenizer), self._executor,
+                            self._thread, policy.may_start_epoch)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -272,13 +284,17 @@ class MixtureStream:
         return self.scheduler.progress
 
     def close(self) -> None:
-        """Stop worker processes (if any). The stream can still be iterated, in-process."""
+        """Stop worker processes and the prefetch thread (if any). The stream can still be
+        iterated, building chunks in this thread on demand."""
+        if self._executor is not None or self._thread is not None:
+            for source in self._sources:
+                source.stop_prefetching()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-            for source in self._sources:
-                source.executor = None
-                source.pending.clear()
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
 
     def __del__(self) -> None:
         try:

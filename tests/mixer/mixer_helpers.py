@@ -70,3 +70,33 @@ def batch_samples(batch: Any, task_names: Sequence[str], tokenizer: Any) -> list
             row = int(match.group(2))
         pieces.append((task_names[task], row, first))
     return pieces
+
+
+WORDS = ("the quick brown fox jumps over lazy dog data mixing training token packing then there "
+         "医学 问题 回答 患者 治疗 数据 模型 训练 你好 世界 🙂").split()
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("a", "t"), ("o", "n"), ("e", "r"), ("Ġ", "d"),
+          ("a", "ta"), ("t", "a"), ("Ġd", "ata"), ("i", "ng"), ("n", "g"), ("Ġ", "p"), ("a", "c"), ("k", "ing"),
+          ("Ġp", "ac"), ("Ġpac", "king"), ("Ġthe", "n"), ("Ġthe", "re"), ("r", "e"), ("o", "w"), ("Ġ", "o")]
+
+
+def build_tokenizer(directory: Path) -> Path:
+    """A byte-level BPE from a fixed vocabulary: specials, the 256-symbol byte alphabet, the merges."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: index for index, token in enumerate(["<s>", "</s>", "<unk>", "<pad>"])}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    merges = []
+    for left, right in MERGES:
+        if left in vocab and right in vocab and left + right not in vocab:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ("<|im_start|>", "<|im_end|>")])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}))
+    return directory

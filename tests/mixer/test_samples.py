@@ -85,3 +85,40 @@ def test_row_random_matches_an_eagerly_seeded_random():
     for method, args in (("random", ()), ("randint", (0, 99)), ("choice", ("abcdef",)), ("gauss", (0, 1)),
                          ("sample", (range(100), 5)), ("uniform", (0, 1))):
         assert getattr(RowRandom(11), method)(*args) == getattr(random.Random(11), method)(*args), method
+
+
+def reference_samples(tokenizer, inputs, outputs):
+    """src/tgt built the obvious way, one sample at a time (the seed's formulation)."""
+    src, tgt = [], []
+    for prompt, output in zip(inputs, outputs):
+        p, o = tokenizer.encode(prompt), tokenizer.encode(output)
+        src += [tokenizer.bos_id, *p, *o]
+        tgt += [IGNORE_INDEX] * len(p) + o + [tokenizer.eos_id]
+    return src, tgt
+
+
+def test_hf_flat_and_deferred_encodings_equal_encode_and_the_reference(tmp_path):
+    """The hf tokenizer's array paths (what the stream uses) give exactly ``encode``'s ids, and the
+    vectorized sample assembly equals the one-sample-at-a-time reference, empty texts included."""
+    import random
+
+    from mixer_helpers import WORDS, build_tokenizer
+    from fm9g.mixer.samples import encode_deferred, encode_flat, interleave
+
+    hf = load_tokenizer(f"hf:{build_tokenizer(tmp_path / 'tok')}")
+    rng = random.Random(5)
+    inputs = ["" if i % 4 == 0 else " ".join(rng.choices(WORDS, k=rng.randint(1, 30))) for i in range(40)]
+    outputs = ["" if i % 7 == 0 else "<|im_start|>" + " ".join(rng.choices(WORDS, k=rng.randint(1, 60))) for i in range(40)]
+    texts = interleave(inputs, outputs)
+    expected = [hf.encode(text) for text in texts]
+    for ids_, lengths in (hf.encode_batch_flat(texts), encode_flat(hf, texts), encode_deferred(hf, texts)(),
+                          encode_deferred(BYTE, texts)()):
+        assert ids_.dtype == np.int32 and lengths.dtype == np.int64
+    flat_ids, lengths = encode_deferred(hf, texts)()
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert flat_ids.tolist() == [token for e in expected for token in e]
+    for tokenizer in (hf, BYTE):
+        src, tgt, layout = tokenize_samples(tokenizer, inputs, outputs)
+        assert (src.tolist(), tgt.tolist()) == reference_samples(tokenizer, inputs, outputs)
+        assert layout[:, 1].tolist() == [len(tokenizer.encode(p)) for p in inputs]
+    assert [len(a) for a in hf.encode_batch_flat([])] == [0, 0]
