@@ -29,12 +29,17 @@ class RunLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_jsonl(self.path, keep_through_step=resume_step)
+        self.tb_dir = Path(save_dir) / TENSORBOARD_DIR
+        # purge_step drops events a killed run logged after the checkpoint we resume from.
+        self.writer = self._open_writer(resume_step, purge_step=resume_step + 1 if resume_step else None)
+        self.handle = open(self.path, "a", encoding="utf-8")
+
+    def _open_writer(self, step: int, purge_step: int | None = None):
+        """A SummaryWriter whose event file name is unique to this process and step (files sort by step)."""
         from tensorboardX import SummaryWriter
 
-        tb_dir = Path(save_dir) / TENSORBOARD_DIR
-        # purge_step drops events a killed run logged after the checkpoint we resume from.
-        self.writer = SummaryWriter(logdir=str(tb_dir), purge_step=resume_step + 1 if resume_step else None)
-        self.handle = open(self.path, "a", encoding="utf-8")
+        return SummaryWriter(logdir=str(self.tb_dir), purge_step=purge_step,
+                             filename_suffix=f".{step:010d}.{os.getpid()}")
 
     def log_step(self, record: dict[str, Any]) -> None:
         """``record``: step (1-based), loss, lr, grad_norm, scale, tokens, tokens_per_s, task_loss {name: loss}."""
@@ -52,9 +57,15 @@ class RunLogger:
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
 
-    def flush(self) -> None:
+    def flush(self, step: int) -> None:
+        """Make everything logged through ``step`` durable (called before each checkpoint).
+
+        tensorboardX writes events from a queue in a background thread and its ``flush`` does not
+        wait for that queue, so the writer is closed (which drains it) and a new event file opened.
+        """
         if self.enabled:
-            self.writer.flush()
+            self.writer.close()
+            self.writer = self._open_writer(step)
             self.handle.flush()
             os.fsync(self.handle.fileno())
 

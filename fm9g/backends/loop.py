@@ -182,11 +182,11 @@ def run_loop(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, stream
             tasks = " ".join(f"{k}={v:.4f}" for k, v in result.task_loss.items())
             inspect(f"step {state.step}: loss {result.loss:.4f} lr {lr:.3g} grad_norm {result.grad_norm:.3f} {tasks}")
         if save_iters and state.step % save_iters == 0:
-            logger.flush()  # the logs up to a checkpoint survive a crash after it
+            logger.flush(state.step)  # the logs up to a checkpoint survive a crash after it
             save(state)
             last_saved = state.step
-    logger.flush()
     if state.step != last_saved:
+        logger.flush(state.step)
         save(state)
     return state
 
