@@ -358,6 +358,8 @@ def main() -> int:
     parser.add_argument("--scale", default=None, help="make_corpus scale (default: small, tiny with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="timed fm9g steps (default 20, 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per side (default 3, 1 with --quick)")
+    parser.add_argument("--hf-batch", type=int, default=None,
+                        help="the HF baseline's padded batch size for every scenario (default: the scenario's)")
     parser.add_argument("--use-checkpoint", action="store_true",
                         help="activation checkpointing on every side (full7b always checkpoints)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H200: 989)")
@@ -380,7 +382,7 @@ def main() -> int:
     rows, data = [], {}
     bmtrain_missing = _bmtrain_available()
     for name, side in plan:
-        scenario = scenarios[name]
+        scenario = dict(scenarios[name], **({"hf_batch": args.hf_batch} if args.hf_batch else {}))
         if name not in data:
             batches = packed_batches(manifest, warmup + steps, scenario["batch_size"], scenario["max_length"])
             samples = samples_of(batches)
