@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mixing throughput and accuracy: fm9g's stream side by side with the Hugging Face datasets recipe.
 
-Workload: the ``--scale bench`` corpus of ``/work/shared/bench/make_corpus.py`` (generated unless
+Workload: the ``--scale bench`` corpus of ``../shared/bench/make_corpus.py`` (generated unless
 ``--corpus`` names one), prepared with fm9g's adapters (pretrain.txt → ``txt``, alpaca_zh.json →
 ``alpaca``, medical_o1.json → ``medical-o1``, all languages) and indexed. The mixture: pretrain 0.4
 (identity), alpaca 0.3 and medical 0.3 (both the seed's ChatML template), max_length 4096,
@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+MAKE_CORPUS = Path(os.environ.get("FM9G_MAKE_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bench") / "make_corpus.py"
+"""``../shared/bench/make_corpus.py`` beside the checkout, or ``$FM9G_MAKE_CORPUS_DIR``."""
 WEIGHTS = {"pretrain": 0.4, "alpaca": 0.3, "medical": 0.3}
 TEMPLATES = {"pretrain": "identity", "alpaca": "chatml", "medical": "chatml"}
 MAX_LENGTH = 4096
