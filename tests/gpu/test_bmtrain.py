@@ -140,6 +140,29 @@ def test_lora_saves_only_lora_resumes_exactly_and_learns(tmp_path, record):
     assert _losses(resumed) == pytest.approx(_losses(log)[4:], rel=1e-4)
 
 
+def test_opendelta_lora_on_bmtrain_saves_seed_keys_resumes_and_learns(tmp_path, record):
+    """The seed's pairing: OpenDelta LoRA on BMTrain. LoRA goes in before the ZeRO wrapper, so
+    OpenDelta's plain ``hf`` modules are what BMTrain shards (``backend='bmt'`` is for models
+    built from ``bmt`` layers, which fm9g does not use)."""
+    from fm9g.backends.opendelta_compat import import_opendelta
+
+    import_opendelta()
+    delta = ('delta={"engine": "opendelta", "lora_r": 8, "lora_alpha": 16, "save_format": "opendelta"}')
+    lora = [delta, "lr=1e-2", "train_iters=8", "save_iters=4"]
+    log = _train(BmtrainBackend, tmp_path / "a", *lora)
+    record("bmtrain_opendelta_losses", _losses(log))
+    assert sum(_losses(log)[-3:]) < sum(_losses(log)[:3])
+    step = tmp_path / "a" / "step-00000008"
+    seed_keys = torch.load(step / "opendelta_lora.pt", weights_only=True)
+    assert seed_keys and all(k.endswith((".lora.lora_A", ".lora.lora_B")) for k in seed_keys)
+    assert "model.safetensors" not in {p.name for p in step.iterdir()}
+
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "step-00000004", tmp_path / "b" / "step-00000004")
+    resumed = _train(BmtrainBackend, tmp_path / "b", *lora, resume=tmp_path / "b" / "step-00000004")
+    assert _losses(resumed) == pytest.approx(_losses(log)[4:], rel=1e-4)
+
+
 def test_offload_and_block_checkpointing_match_the_gpu_optimizer(tmp_path, record):
     gpu = _train(BmtrainBackend, tmp_path / "gpu", "save_iters=0")
     offload = _train(BmtrainBackend, tmp_path / "offload", "save_iters=0", "offload=true", "use_checkpoint=true")
