@@ -121,31 +121,39 @@ def hf_to_seed(state_dict: Mapping[str, V]) -> dict[str, V]:
     return _rename_all(state_dict, hf_name_to_seed, "HF -> seed")
 
 
+def _pair_lora_tensors(tensors: Mapping[str, V], suffix_a: str, suffix_b: str, *, where: str,
+                       unexpected, incomplete_fix: str, empty_fix: str,
+                       shown_prefix: str = "") -> dict[str, tuple[V, V]]:
+    """``{linear path: (A, B)}`` from keys ``<path><suffix_a>`` / ``<path><suffix_b>``; a key with
+    neither suffix raises ``unexpected(key)``, an unpaired or empty set a clear error."""
+    parts: dict[str, dict[str, V]] = {suffix_a: {}, suffix_b: {}}
+    for key, value in tensors.items():
+        suffix = next((s for s in (suffix_a, suffix_b) if key.endswith(s)), None)
+        if suffix is None:
+            raise unexpected(key)
+        parts[suffix][key[: -len(suffix)]] = value
+    a_parts, b_parts = parts[suffix_a], parts[suffix_b]
+    for path in sorted(set(a_parts) ^ set(b_parts)):
+        missing = suffix_b if path in a_parts else suffix_a
+        raise Fm9gError(f"'{shown_prefix}{path}{missing}' is missing (its partner is present)", where=where,
+                        fix=incomplete_fix)
+    if not a_parts:
+        raise Fm9gError("no LoRA tensors found", where=where, fix=empty_fix)
+    return {path: (a_parts[path], b_parts[path]) for path in sorted(a_parts)}
+
+
 def lora_pairs_from_seed(lora_state: Mapping[str, V], *, where: str = "seed LoRA checkpoint") -> dict[str, tuple[V, V]]:
     """``{seed linear path: (lora_A, lora_B)}`` from OpenDelta-keyed tensors.
 
     Every key must end in ``.lora.lora_A`` or ``.lora.lora_B`` and come in pairs; anything else is a
     clear error naming the key."""
-    a_parts: dict[str, V] = {}
-    b_parts: dict[str, V] = {}
-    for key, value in lora_state.items():
-        if key.endswith(SEED_LORA_A):
-            a_parts[key[: -len(SEED_LORA_A)]] = value
-        elif key.endswith(SEED_LORA_B):
-            b_parts[key[: -len(SEED_LORA_B)]] = value
-        else:
-            raise Fm9gError(
-                f"unexpected key '{key}' (OpenDelta LoRA keys end in '{SEED_LORA_A}' or '{SEED_LORA_B}')",
-                where=where,
-                fix="pass the LoRA checkpoint the seed's training wrote (only LoRA tensors)",
-            )
-    for path in sorted(set(a_parts) ^ set(b_parts)):
-        missing = SEED_LORA_B if path in a_parts else SEED_LORA_A
-        raise Fm9gError(f"'{path}{missing}' is missing (its partner is present)", where=where,
-                        fix="the LoRA checkpoint is incomplete; re-save it")
-    if not a_parts:
-        raise Fm9gError("no LoRA tensors found", where=where, fix="pass a LoRA checkpoint (OpenDelta keys)")
-    return {path: (a_parts[path], b_parts[path]) for path in sorted(a_parts)}
+    return _pair_lora_tensors(
+        lora_state, SEED_LORA_A, SEED_LORA_B, where=where,
+        unexpected=lambda key: Fm9gError(
+            f"unexpected key '{key}' (OpenDelta LoRA keys end in '{SEED_LORA_A}' or '{SEED_LORA_B}')",
+            where=where, fix="pass the LoRA checkpoint the seed's training wrote (only LoRA tensors)"),
+        incomplete_fix="the LoRA checkpoint is incomplete; re-save it",
+        empty_fix="pass a LoRA checkpoint (OpenDelta keys)")
 
 
 def lora_seed_to_peft(lora_state: Mapping[str, V], *, where: str = "seed LoRA checkpoint") -> dict[str, V]:
@@ -166,27 +174,17 @@ def peft_lora_paths(adapter_state: Mapping[str, V], *, where: str = "PEFT adapte
 
     Non-LoRA tensors (``modules_to_save``, DoRA magnitudes, biases) are refused by name: folding them
     is not a LoRA merge."""
-    a_parts: dict[str, V] = {}
-    b_parts: dict[str, V] = {}
-    for key, value in adapter_state.items():
-        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        if name.endswith(PEFT_LORA_A):
-            a_parts[name[: -len(PEFT_LORA_A)]] = value
-        elif name.endswith(PEFT_LORA_B):
-            b_parts[name[: -len(PEFT_LORA_B)]] = value
-        else:
-            raise Fm9gError(
-                f"unsupported adapter tensor '{key}' (only LoRA A/B matrices can be converted or merged)",
-                where=where,
-                fix="train without modules_to_save / DoRA / LoRA biases, or merge with PEFT's merge_and_unload",
-            )
-    for path in sorted(set(a_parts) ^ set(b_parts)):
-        missing = PEFT_LORA_B if path in a_parts else PEFT_LORA_A
-        raise Fm9gError(f"'{PEFT_PREFIX}{path}{missing}' is missing (its partner is present)", where=where,
-                        fix="the adapter is incomplete; re-save it")
-    if not a_parts:
-        raise Fm9gError("no LoRA tensors found", where=where, fix="pass a PEFT LoRA adapter")
-    return {path: (a_parts[path], b_parts[path]) for path in sorted(a_parts)}
+    def unexpected(key: str) -> Fm9gError:
+        return Fm9gError(
+            f"unsupported adapter tensor '{PEFT_PREFIX}{key}' (only LoRA A/B matrices can be converted or merged)",
+            where=where,
+            fix="train without modules_to_save / DoRA / LoRA biases, or merge with PEFT's merge_and_unload")
+
+    stripped = {(key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key): value
+                for key, value in adapter_state.items()}
+    return _pair_lora_tensors(stripped, PEFT_LORA_A, PEFT_LORA_B, where=where, unexpected=unexpected,
+                              incomplete_fix="the adapter is incomplete; re-save it",
+                              empty_fix="pass a PEFT LoRA adapter", shown_prefix=PEFT_PREFIX)
 
 
 def lora_peft_to_seed(adapter_state: Mapping[str, V], *, where: str = "PEFT adapter") -> dict[str, V]:
