@@ -40,3 +40,20 @@ def hf_tokenizer_dir(tiny_corpus: Path) -> Path:
     """The tiny corpus's HF tokenizer directory (byte-level BPE, vocab 4000, ``<s>``=0 ``</s>``=1
     ``<unk>``=2 ``<pad>``=3)."""
     return tiny_corpus / "tokenizer"
+
+
+def _pip_install_offline(project: Path, site: Path) -> None:
+    """Really ``pip install`` a plugin project into ``site`` (``--target``), offline and without its
+    dependencies, as ``pip install fm9g-<name>`` would make its entry points visible."""
+    import subprocess
+
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+               "--no-index", "--disable-pip-version-check", "--target", str(site), str(project)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=project.parent, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def pip_install():
+    """``pip_install(project_dir, site_dir)``: a real offline pip install of a plugin project."""
+    return _pip_install_offline

@@ -118,16 +118,8 @@ def build_distribution(root: Path, distribution: str, package: str, version: str
     return project
 
 
-def pip_install(project: Path, site: Path) -> None:
-    """Really ``pip install`` the project (offline, into ``site``)."""
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-               "--no-index", "--disable-pip-version-check", "--target", str(site), str(project)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=project.parent)
-    assert result.returncode == 0, result.stderr
-
-
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sites(tmp_path_factory: pytest.TempPathFactory, pip_install) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("plugin-dists")
     good, clashing = root / "site-good", root / "site-clash"
     pip_install(build_distribution(root, "fm9g-shout", "fm9g_shout", "1.2.3", PLUGIN_MODULE), good)

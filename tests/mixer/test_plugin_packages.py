@@ -44,13 +44,6 @@ def register_transforms(register):
 '''
 
 
-def pip_install(project: Path, site: Path) -> None:
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-               "--disable-pip-version-check", "--target", str(site), str(project)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=project.parent, timeout=300)
-    assert result.returncode == 0, result.stderr
-
-
 def fm9g(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     env.pop("FM9G_DISABLE_PLUGINS", None)
@@ -58,7 +51,7 @@ def fm9g(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_a_pip_installed_transform_package_is_used_by_name(tmp_path):
+def test_a_pip_installed_transform_package_is_used_by_name(tmp_path, pip_install):
     project = tmp_path / "fm9g-reverse"
     (project / "fm9g_reverse").mkdir(parents=True)
     (project / "fm9g_reverse" / "__init__.py").write_text(REVERSE_MODULE)
@@ -101,7 +94,7 @@ def test_a_pip_installed_transform_package_is_used_by_name(tmp_path):
     assert without.returncode == 2 and "unknown transform 'reverse-output'" in without.stderr
 
 
-def test_the_documented_example_package_installs_and_runs(tmp_path):
+def test_the_documented_example_package_installs_and_runs(tmp_path, pip_install):
     project = tmp_path / "plugin-example"
     shutil.copytree(EXAMPLE_PACKAGE, project, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = tmp_path / "site"
