@@ -105,7 +105,7 @@ class Registry:
                 raise Fm9gError(
                     f"{kind} '{obj.name}' is registered twice "
                     f"(by {existing.distribution} and by {distribution})",
-                    fix=f"uninstall one of them or set FM9G_DISABLE_PLUGINS=1",
+                    fix="uninstall one of them or set FM9G_DISABLE_PLUGINS=1",
                 )
             self._by_kind[kind][obj.name] = PluginInfo(kind, obj.name, obj, version, distribution)
             for alias in getattr(obj, "aliases", ()):
