@@ -20,14 +20,22 @@ Rows (``--only`` takes a comma list of these ids; default: all of the chosen ``-
   boundaries): the issue's target is mixture useful tokens/s ≥ 90% of the full-row rate.
 
 Reported per row: useful (non-padding) tokens/s, share of computed tokens that are useful, MFU
-(model FLOPs of useful tokens: 6·N per token for full training, 4·N for LoRA with a frozen base,
-over ``--peak-tflops``), peak GPU memory. Ratios to HF (and mixture / full rows) are printed at the end.
-BMTrain rows run last in the process (``bmt.init_distributed`` disables cuDNN for the process).
+(model FLOPs of the useful tokens over ``--peak-tflops``: 6·N per token for full training, 4·N for
+LoRA with a frozen base, plus causal attention's 6·layers·hidden·n per token of an n-token sample,
+as in PaLM's and Megatron's MFU; recomputation is not counted), peak GPU memory. Ratios to HF (and
+mixture / full rows) are printed at the end. BMTrain rows run last in the process
+(``bmt.init_distributed`` disables cuDNN for the process).
+
+Knobs for the fm9g sides: ``--kernels liger`` (the train config's ``model.kernels``), ``--grad-accum K`` (K rows per optimizer step), ``--checkpoint-blocks N``
+(bmtrain: only the first N blocks recompute), ``--sweep K:N,K:N`` (bmtrain: several such points on
+one model, in order, stopping at the first that runs out of memory), ``--profile`` (the step's
+phases and its top CUDA kernels).
 
     python benchmarks/train_bench.py                          # GPU: every row
     python benchmarks/train_bench.py --only full:bmtrain,full:hf
     python benchmarks/train_bench.py --scenarios full7b       # the two bmtrain 7B rows
     python benchmarks/train_bench.py --quick                  # CPU smoke run, tiny presets (~1-2 min)
+    python benchmarks/train_bench.py --only full7b:bmtrain-rows --sweep 1:28,4:28,4:20,4:14
 """
 
 from __future__ import annotations
@@ -109,6 +117,17 @@ def packed_batches(manifest: Path, count: int, batch_size: int, max_length: int)
     return batches
 
 
+def sample_lengths(batch) -> list[int]:
+    """The lengths of the samples in a packed row (the padding tail excluded)."""
+    cu = batch.cu_seqlens.tolist()
+    return [end - begin for begin, end in zip(cu, cu[1:]) if begin < batch.num_tokens]
+
+
+def grouped(batches: list, accumulation: int) -> list[list]:
+    """Consecutive rows in groups of ``accumulation`` (one optimizer step each); a short tail is dropped."""
+    return [batches[i:i + accumulation] for i in range(0, len(batches) - accumulation + 1, accumulation)]
+
+
 def samples_of(batches: list) -> list[tuple[list[int], list[int]]]:
     """The samples of packed rows in order (the padding tail, positions restarting at 0 past num_tokens, excluded)."""
     samples = []
@@ -150,7 +169,8 @@ def padded_batches(samples, batch: int, pad_id: int, device) -> list[dict]:
             labels[row, 1:len(src)] = torch.tensor(tgt[:-1])  # HF predicts labels[i+1] from position i
             mask[row, :len(src)] = 1
         out.append({"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device),
-                    "useful": int(mask.sum()), "computed": batch * longest})
+                    "useful": int(mask.sum()), "computed": batch * longest,
+                    "squares": sum(len(s) ** 2 for s, _ in group)})
     return out
 
 
@@ -170,22 +190,82 @@ def _peak(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
-def _timed(step_fn, items, warmup: int, device) -> tuple[float, int, int]:
-    """Seconds, useful and computed tokens over ``items[warmup:]`` (the first ``warmup`` are not timed)."""
+def _timed(step_fn, items, warmup: int, device) -> dict:
+    """Seconds, useful and computed tokens, Σ sample length² over ``items[warmup:]`` (the first
+    ``warmup`` are not timed); ``step_fn`` returns the three counts of its item."""
     for item in items[:warmup]:
         step_fn(item)
     _sync(device)
     start = time.perf_counter()
-    useful = computed = 0
+    useful = computed = squares = 0
     for item in items[warmup:]:
-        u, c = step_fn(item)
-        useful, computed = useful + u, computed + c
+        u, c, q = step_fn(item)
+        useful, computed, squares = useful + u, computed + c, squares + q
     _sync(device)
-    return time.perf_counter() - start, useful, computed
+    return dict(seconds=time.perf_counter() - start, useful=useful, computed=computed, squares=squares)
 
 
-def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
+def _row_counts(group: list) -> tuple[int, int, int]:
+    """Useful tokens, computed tokens and Σ sample length² of a group of packed rows."""
+    return (sum(b.num_tokens for b in group), sum(len(b.input_ids) for b in group),
+            sum(n * n for b in group for n in sample_lengths(b)))
+
+
+class _PhaseTimer:
+    """Wraps an optimization object (``backward``/``clip``/``step``) to time clip and step apart
+    from forward + backward (synchronizing the GPU around each: for ``--profile`` only)."""
+
+    def __init__(self, inner, device):
+        self.inner, self.device, self.times = inner, device, {"clip": 0.0, "step": 0.0}
+
+    @property
+    def scale(self):
+        return self.inner.scale
+
+    def backward(self, loss):
+        self.inner.backward(loss)
+
+    def _timed(self, name, fn, *args):
+        _sync(self.device)
+        start = time.perf_counter()
+        value = fn(*args)
+        _sync(self.device)
+        self.times[name] += time.perf_counter() - start
+        return value
+
+    def clip(self, max_norm):
+        return self._timed("clip", self.inner.clip, max_norm)
+
+    def step(self, lr):
+        return self._timed("step", self.inner.step, lr)
+
+
+def _profile(step_fn, optimization, group, device, label: str, kernels: bool = True) -> None:
+    """Print one step's phases (forward+backward / clip / optimizer step) and its top CUDA kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    timer = _PhaseTimer(optimization, device)
+    _sync(device)
+    start = time.perf_counter()
+    step_fn(group, timer)
+    _sync(device)
+    total = time.perf_counter() - start
+    clip, step = timer.times["clip"], timer.times["step"]
+    print(f"  [{label}] one step {total * 1e3:.0f} ms: forward+backward {(total - clip - step) * 1e3:.0f} ms, "
+          f"clip {clip * 1e3:.0f} ms, optimizer step {step * 1e3:.0f} ms", flush=True)
+    if not kernels:
+        return
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step_fn(group, optimization)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
+
+
+def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
     from fm9g.backends.data import to_device
+    from fm9g.backends.kernels import apply_kernels
     from fm9g.backends.loop import train_step
     from fm9g.backends.models import build_model, parameter_counts
     from fm9g.backends.peft_engine import PeftEngine
@@ -193,6 +273,7 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
 
     _reset(device)
     model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
+    apply_kernels(model, knobs.kernels, device)
     if scenario["lora"]:
         model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
     config = {"model": {"dtype": "auto"}}
@@ -206,23 +287,30 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size):
     autocast = torch.bfloat16 if device.type == "cuda" else None
     model.train()
 
-    def step(batch):
-        train_step(model, optimizer, [to_device(batch, device)], lr=1e-5, clip_grad=1.0, task_names=["a", "b"],
-                   autocast_dtype=autocast)
-        return batch.num_tokens, len(batch.input_ids)
+    def step(group, optimization=None):
+        train_step(model, optimizer, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
+                   task_names=["a", "b"], autocast_dtype=autocast, optimization=optimization)
+        return _row_counts(group)
 
-    seconds, useful, computed = _timed(step, batches, warmup, device)
-    peak = _peak(device)
+    groups = grouped(batches, knobs.grad_accum)
+    result = _timed(step, groups, warmup, device)
+    result.update(peak_gib=_peak(device), params=params)
+    if knobs.profile:
+        from fm9g.backends.loop import TorchOptimization
+
+        _profile(step, TorchOptimization(model, optimizer), groups[-1], device, "torch")
     del model, optimizer
-    return dict(seconds=seconds, useful=useful, computed=computed, peak_gib=peak, params=params)
+    return result
 
 
-def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size):
-    """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``)."""
-    from fm9g.backends.bmtrain_training import cast_parameters, wrap_model
+def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
+    """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``);
+    one result per ``--sweep`` point (one point without it)."""
     from fm9g.backends.bmtrain_runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
                                                make_manager, make_optimizer)
+    from fm9g.backends.bmtrain_training import cast_parameters, set_block_checkpointing, wrap_model
     from fm9g.backends.data import to_device
+    from fm9g.backends.kernels import apply_kernels
     from fm9g.backends.loop import train_step
     from fm9g.backends.models import build_model, parameter_counts
     from fm9g.backends.peft_engine import PeftEngine
@@ -235,27 +323,44 @@ def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size):
     model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
     if scenario["lora"]:
         model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
+    apply_kernels(model, knobs.kernels, device)
     cast_parameters(model, torch.bfloat16)
     params = parameter_counts(model)[0]
-    model = wrap_model(bmt, model, use_checkpoint=use_checkpoint)
+    model = wrap_model(bmt, model, use_checkpoint=use_checkpoint, checkpoint_blocks=knobs.checkpoint_blocks)
     print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
     optimizer = make_optimizer(bmt, [p for p in model.parameters() if p.requires_grad], offload=False,
                                lr=1e-5, weight_decay=0.1)
-    optimization = BmtOptimization(make_manager(bmt, optimizer, {}), optimizer)
     collectives = BmtCollectives(bmt)
+    optimization = BmtOptimization(make_manager(bmt, optimizer, {}), optimizer, collectives)
 
-    def step(batch):
-        train_step(model, None, [to_device(batch, device)], lr=1e-5, clip_grad=1.0, task_names=["a", "b"],
-                   optimization=optimization, collectives=collectives)
-        return batch.num_tokens, len(batch.input_ids)
+    def step(group, timed_optimization=None):
+        train_step(model, None, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
+                   task_names=["a", "b"], optimization=timed_optimization or optimization, collectives=collectives)
+        return _row_counts(group)
 
-    seconds, useful, computed = _timed(step, batches, warmup, device)
-    peak = _peak(device)
+    results = []
+    for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
+        label = f"accum={accumulation},ckpt={'all' if blocks is None else blocks}"
+        count = set_block_checkpointing(model, bmt.Block, use_checkpoint, blocks)
+        groups = grouped(batches, accumulation)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            result = _timed(step, groups, warmup, device)
+        except torch.OutOfMemoryError as error:
+            print(f"  [{label}] out of memory ({str(error)[:120]}); the sweep stops here", flush=True)
+            results.append(dict(label=label, error=f"OutOfMemoryError at {label}", peak_gib=_peak(device)))
+            break
+        result.update(peak_gib=_peak(device), params=params, label=label)
+        results.append(result)
+        print(f"  [{label}] {result['useful'] / result['seconds']:,.0f} useful tokens/s "
+              f"({count} blocks), peak {result['peak_gib']:.1f} GiB", flush=True)
+        if knobs.profile:
+            _profile(step, optimization, groups[-1], device, label, kernels=len(results) == 1)
     del model, optimizer, optimization
-    return dict(seconds=seconds, useful=useful, computed=computed, peak_gib=peak, params=params)
+    return results if knobs.sweep else results[0]
 
 
-def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size):
+def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
     from transformers import AutoModelForCausalLM
 
     from fm9g.backends.models import parameter_counts
@@ -290,18 +395,23 @@ def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size):
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return batch["useful"], batch["computed"]
+        return batch["useful"], batch["computed"], batch["squares"]
 
-    seconds, useful, computed = _timed(step, padded, warmup, device)
-    peak = _peak(device)
+    result = _timed(step, padded, warmup, device)
+    result.update(peak_gib=_peak(device), params=params)
     del model, optimizer
-    return dict(seconds=seconds, useful=useful, computed=computed, peak_gib=peak, params=params)
+    return result
 
 
-def summarize(name, side, result, lora, peak_tflops):
+def model_flops(result, lora: bool, layers: int, hidden: int) -> float:
+    """Model FLOPs of the useful tokens (PaLM/Megatron MFU): (6|4)·N per token for the weights, and
+    causal attention's 6·layers·hidden·n² per n-token sample (score and value matmuls, forward + backward)."""
+    return (4 if lora else 6) * result["params"] * result["useful"] + 6 * layers * hidden * result["squares"]
+
+
+def summarize(name, side, result, lora, peak_tflops, shape):
     rate = result["useful"] / result["seconds"]
-    flops_per_token = (4 if lora else 6) * result["params"]
-    mfu = rate * flops_per_token / (peak_tflops * 1e12)
+    mfu = model_flops(result, lora, *shape) / result["seconds"] / (peak_tflops * 1e12)
     return dict(scenario=name, side=side, useful_tokens_per_s=rate, useful_share=result["useful"] / result["computed"],
                 mfu=mfu, peak_gib=result["peak_gib"], seconds=result["seconds"], useful_tokens=result["useful"],
                 params=result["params"])
@@ -362,9 +472,20 @@ def main() -> int:
                         help="the HF baseline's padded batch size for every scenario (default: the scenario's)")
     parser.add_argument("--use-checkpoint", action="store_true",
                         help="activation checkpointing on every side (full7b always checkpoints)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="fm9g sides: packed rows per optimizer step")
+    parser.add_argument("--checkpoint-blocks", type=int, default=None,
+                        help="bmtrain sides with checkpointing: only the first N blocks recompute (default: all)")
+    parser.add_argument("--sweep", default="",
+                        help="bmtrain sides: comma list of ACCUM:BLOCKS points (BLOCKS 'all' or a count) run on one "
+                             "model in order; order them by growing memory (the first out-of-memory point ends it)")
+    parser.add_argument("--kernels", choices=("hf", "liger"), default="hf",
+                        help="fm9g sides: the train config's model.kernels (liger: fused RMSNorm/RoPE/SwiGLU, CUDA)")
+    parser.add_argument("--profile", action="store_true", help="fm9g sides: time one step's phases and list its top kernels")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H200: 989)")
     parser.add_argument("--output", help="write the results as JSON here (default: $OUT/train_bench.json if OUT is set)")
     args = parser.parse_args()
+    args.sweep = [(int(a), None if b == "all" else int(b))
+                  for a, b in (point.split(":") for point in args.sweep.split(",") if point)]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scenarios = QUICK if args.quick else SCENARIOS
@@ -384,7 +505,9 @@ def main() -> int:
     for name, side in plan:
         scenario = dict(scenarios[name], **({"hf_batch": args.hf_batch} if args.hf_batch else {}))
         if name not in data:
-            batches = packed_batches(manifest, warmup + steps, scenario["batch_size"], scenario["max_length"])
+            accumulation = max([args.grad_accum] + [a for a, _ in args.sweep])
+            batches = packed_batches(manifest, (warmup + steps) * accumulation, scenario["batch_size"],
+                                     scenario["max_length"])
             samples = samples_of(batches)
             padded = padded_batches(samples, scenario["hf_batch"], tokenizer.pad_id, device)
             data[name] = (batches, padded)
@@ -393,7 +516,9 @@ def main() -> int:
                   f"of {scenario['batch_size']}x{scenario['max_length']}, HF {len(padded)} padded batches of "
                   f"{scenario['hf_batch']} ({device})", flush=True)
         batches, padded = data[name]
-        vocab_size = max(preset_config(scenario["preset"]).vocab_size, tokenizer.vocab_size)
+        model_config = preset_config(scenario["preset"])
+        vocab_size = max(model_config.vocab_size, tokenizer.vocab_size)
+        shape = (model_config.num_hidden_layers, model_config.hidden_size)
         use_checkpoint = scenario.get("use_checkpoint", args.use_checkpoint)
         if side in BMTRAIN_SIDES and bmtrain_missing:
             print(f"[{name}:{side}] skipped: {bmtrain_missing}", flush=True)
@@ -402,14 +527,18 @@ def main() -> int:
         print(f"[{name}:{side}] running ...", flush=True)
         try:
             if side == "torch":
-                result = run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size)
+                result = run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, args)
             elif side == "hf":
-                hf_warmup = max(1, round(warmup * len(padded) / len(batches)))
+                hf_warmup = max(1, round(warmup * args.grad_accum * len(padded) / len(batches)))
                 result = run_hf(scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
             else:
                 rows_in = full_rows(batches) if side == "bmtrain-rows" else batches
-                result = run_bmtrain(scenario, rows_in, device, warmup, use_checkpoint, vocab_size)
-            rows.append(summarize(name, side, result, scenario["lora"], args.peak_tflops))
+                result = run_bmtrain(scenario, rows_in, device, warmup, use_checkpoint, vocab_size, args)
+            for point in result if isinstance(result, list) else [result]:
+                label = f"{side}[{point['label']}]" if isinstance(result, list) else side
+                rows.append(summarize(name, label, point, scenario["lora"], args.peak_tflops, shape)
+                            if "error" not in point else dict(scenario=name, side=label, error=point["error"],
+                                                              peak_gib=point["peak_gib"]))
         except Exception as error:  # noqa: BLE001 - one row failing (e.g. out of memory) must not lose the others
             print(f"[{name}:{side}] FAILED: {type(error).__name__}: {str(error)[:400]}", flush=True)
             rows.append(dict(scenario=name, side=side, error=f"{type(error).__name__}: {str(error)[:400]}",
@@ -423,12 +552,13 @@ def main() -> int:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             Path(output).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "quick": args.quick,
                                                 "rows": rows, "ratios": _ratios(rows)}, indent=2), encoding="utf-8")
-    print(f"\n{'scenario':8} {'side':13} {'useful tok/s':>13} {'useful %':>9} {'MFU %':>7} {'peak GiB':>9}")
+    width = max([13] + [len(row["side"]) for row in rows])
+    print(f"\n{'scenario':8} {'side':{width}} {'useful tok/s':>13} {'useful %':>9} {'MFU %':>7} {'peak GiB':>9}")
     for row in rows:
         if "useful_tokens_per_s" not in row:
-            print(f"{row['scenario']:8} {row['side']:13} {row.get('error') or 'skipped: ' + row.get('skipped', '')}")
+            print(f"{row['scenario']:8} {row['side']:{width}} {row.get('error') or 'skipped: ' + row.get('skipped', '')}")
             continue
-        print(f"{row['scenario']:8} {row['side']:13} {row['useful_tokens_per_s']:13,.0f} "
+        print(f"{row['scenario']:8} {row['side']:{width}} {row['useful_tokens_per_s']:13,.0f} "
               f"{100 * row['useful_share']:9.1f} {100 * row['mfu']:7.2f} {row['peak_gib']:9.1f}")
     for key, value in _ratios(rows).items():
         print(f"{key}: useful tokens/s ratio {value:.2f}x")

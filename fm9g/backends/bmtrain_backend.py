@@ -12,7 +12,8 @@ the run header. What differs:
   every parameter into per-block ZeRO storage, so modules added later would not be sharded),
   checkpoint weights are loaded, the model is cast to bf16 (``model.dtype: auto`` / ``bfloat16``;
   ``float32`` keeps fp32), then ``bmt.BMTrainModelWrapper`` turns each decoder layer into a ZeRO-3
-  ``bmt.Block`` (activation-checkpointed iff ``use_checkpoint``). The blocks hand the decoder layer
+  ``bmt.Block`` (activation-checkpointed iff ``use_checkpoint``; ``backend_options.checkpoint_blocks``
+  limits it to the first N blocks). The blocks hand the decoder layer
   its ``position_ids`` as a named parameter of its forward (``Block.forward`` binds the layer's
   signature and forwards only those), and fm9g's attention derives sample boundaries from them.
   Tied embeddings are untied first (the wrapper would make two parameters of one anyway); the
@@ -20,7 +21,7 @@ the run header. What differs:
 * Optimizer: ``bmt.optim.AdamOffloadOptimizer`` when ``offload`` else ``bmt.optim.AdamOptimizer``
   (betas 0.9/0.95, eps 1e-8, the config's weight decay; float32 master weights of bf16
   parameters), driven by ``bmt.optim.OptimManager`` (loss scaling from ``backend_options``,
-  ``clip_grad_norm``); fm9g's schedule sets the learning rate each step.
+  clipping in its Adam kernels); fm9g's schedule sets the learning rate each step.
 * Checkpoints: see :mod:`fm9g.backends.bmtrain_checkpoint` — same files as the torch backend
   (float32 master weights under HF names; LoRA in PEFT's format), optimizer state per rank.
 """
@@ -43,6 +44,10 @@ OPTIONS_SCHEMA = {
                               "description": "factor the scale shrinks by on overflow and grows by when stable"},
         "loss_scale_steps": {"type": "integer", "minimum": 1, "default": 1024,
                              "description": "overflow-free steps before the scale grows"},
+        "checkpoint_blocks": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                              "description": "with use_checkpoint: how many decoder blocks (the first ones) "
+                                             "recompute their activations in backward; null: all. Fewer is "
+                                             "faster and needs more GPU memory"},
     },
     "additionalProperties": False,
 }

@@ -41,18 +41,25 @@ def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
                 parameter.data = parameter.data.to(dtype)
 
 
-def set_block_checkpointing(model: torch.nn.Module, block_class: type, enabled: bool) -> int:
-    """Switch BMTrain's per-block activation checkpointing (``Block._use_checkpoint``); returns the block count."""
+def set_block_checkpointing(model: torch.nn.Module, block_class: type, enabled: bool,
+                            limit: int | None = None) -> int:
+    """Switch BMTrain's per-block activation checkpointing (``Block._use_checkpoint``) on for the
+    first ``limit`` blocks (all when ``None``) and off for the rest; returns the block count.
+
+    Blocks left out keep their activations (and, on one GPU, a gathered copy of their parameters)
+    until backward: faster steps for more memory, the trade ``backend_options.checkpoint_blocks`` sets.
+    """
     blocks = [m for m in model.modules() if isinstance(m, block_class)]
-    for block in blocks:
-        block._use_checkpoint = enabled
+    for index, block in enumerate(blocks):
+        block._use_checkpoint = enabled and (limit is None or index < limit)
     return len(blocks)
 
 
-def wrap_model(bmt: Any, model: torch.nn.Module, *, use_checkpoint: bool) -> torch.nn.Module:
+def wrap_model(bmt: Any, model: torch.nn.Module, *, use_checkpoint: bool,
+               checkpoint_blocks: int | None = None) -> torch.nn.Module:
     """``bmt.BMTrainModelWrapper`` (every decoder layer a ZeRO-3 block), checkpointing set, train mode."""
     model = bmt.BMTrainModelWrapper(model)
-    if not set_block_checkpointing(model, bmt.Block, use_checkpoint):
+    if not set_block_checkpointing(model, bmt.Block, use_checkpoint, checkpoint_blocks):
         raise Fm9gError("BMTrainModelWrapper found no decoder layers to turn into ZeRO blocks",
                         where="train config: model", fix="use a Llama/Qwen2-style causal LM (layers in a ModuleList)")
     model.train()
@@ -114,7 +121,7 @@ class _Run:
         state = run_training(run, is_main=self.is_main, save_dir=self.save_dir, stream=self.stream, state=state,
                              config=config, model=model, optimizer=self.optimizer, task_names=task_names,
                              schedule=self.schedule, device=self.device, world_size=self.world_size, save=self._save,
-                             autocast_dtype=None, optimization=BmtOptimization(self.manager, self.optimizer),
+                             autocast_dtype=None, optimization=BmtOptimization(self.manager, self.optimizer, self.comm),
                              collectives=self.comm)
         self.comm.barrier()
         return training_result(state, self.save_dir)
@@ -130,7 +137,9 @@ class _Run:
         model = self.built.model
         cast_parameters(model, self.param_dtype)
         total, trainable = parameter_counts(model)
-        model = wrap_model(self.bmt, model, use_checkpoint=bool(config.get("use_checkpoint")))
+        options = config.get("backend_options") or {}
+        model = wrap_model(self.bmt, model, use_checkpoint=bool(config.get("use_checkpoint")),
+                           checkpoint_blocks=options.get("checkpoint_blocks"))
         return model, total, trainable
 
     # ------------------------------------------------------------------ resume

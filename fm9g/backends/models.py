@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fm9g.backends.attention import register_varlen_attention
+from fm9g.backends.kernels import apply_kernels
 from fm9g.backends.presets import PRESETS, preset_config
 from fm9g.backends.seed_names import seed_name_to_hf
 from fm9g.core.errors import Fm9gError, UnknownName
@@ -135,7 +136,8 @@ class TrainingModel:
 def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_size: int | None,
                          resume: Path | None, manifest: dict[str, Any] | None, is_main: bool,
                          base_dtype: torch.dtype, prepare: Callable[[torch.nn.Module], Any] | None = None) -> TrainingModel:
-    """Build the model, ``prepare`` it (e.g. untie embeddings), apply the delta, load a checkpoint.
+    """Build the model, put in its kernels (``model.kernels``), ``prepare`` it (e.g. untie embeddings),
+    apply the delta, load a checkpoint.
 
     A LoRA run on a bare preset stores its base weights (rounded to ``base_dtype``, the precision
     the frozen base trains in) once in the save directory, or, resuming, loads them from the
@@ -144,6 +146,7 @@ def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_
     from fm9g.backends import checkpoints as ckpt
 
     model = build_model(config["model"], seed=config["seed"], device=device, vocab_size=vocab_size)
+    apply_kernels(model, config["model"].get("kernels", "hf"), torch.device(device))
     if prepare is not None:
         prepare(model)
     hf_config = copy.deepcopy(model.config)

@@ -29,7 +29,7 @@ def test_plugin_is_registered_with_options_schema():
     backend = get_plugin("backend", "bmtrain")
     assert backend.name == "bmtrain" and "ZeRO" in backend.description
     options = validate_options(backend, {}, where="t")
-    assert options == {"loss_scale": None, "loss_scale_factor": 2, "loss_scale_steps": 1024}
+    assert options == {"loss_scale": None, "loss_scale_factor": 2, "loss_scale_steps": 1024, "checkpoint_blocks": None}
     assert validate_options(backend, {"loss_scale": 1024}, where="t")["loss_scale"] == 1024
 
 

@@ -61,6 +61,10 @@ class Model(BaseModel):
     """
     auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU
     """
+    kernels: Literal["hf", "liger"] | None = "hf"
+    """
+    hf: transformers' own layers; liger: Liger Kernel's fused RMSNorm, RoPE and SwiGLU (CUDA only, pip install 'fm9g[liger]')
+    """
 
 
 class Model1(BaseModel):
@@ -88,6 +92,10 @@ class Model1(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] | None = "auto"
     """
     auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU
+    """
+    kernels: Literal["hf", "liger"] | None = "hf"
+    """
+    hf: transformers' own layers; liger: Liger Kernel's fused RMSNorm, RoPE and SwiGLU (CUDA only, pip install 'fm9g[liger]')
     """
 
 
