@@ -23,8 +23,9 @@ Reported per row: useful (non-padding) tokens/s, share of computed tokens that a
 (model FLOPs of the useful tokens over ``--peak-tflops``: 6·N per token for full training, 4·N for
 LoRA with a frozen base, plus causal attention's 6·layers·hidden·n per token of an n-token sample,
 as in PaLM's and Megatron's MFU; recomputation is not counted), peak GPU memory. Ratios to HF (and
-mixture / full rows) are printed at the end. BMTrain rows run last in the process
-(``bmt.init_distributed`` disables cuDNN for the process).
+mixture / full rows) are printed at the end. HF rows run first (on transformers' own layers, before
+``--kernels liger`` patches them), BMTrain rows last (``bmt.init_distributed`` disables cuDNN for
+the process).
 
 Knobs for the fm9g sides: ``--kernels liger`` (the train config's ``model.kernels``), ``--grad-accum K`` (K rows per optimizer step), ``--checkpoint-blocks N``
 (bmtrain: only the first N blocks recompute), ``--sweep K:N,K:N`` (bmtrain: several such points on
@@ -340,7 +341,7 @@ def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, k
 
     results = []
     for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
-        label = f"accum={accumulation},ckpt={'all' if blocks is None else blocks}"
+        label = f"accum={accumulation},ckpt={'off' if not use_checkpoint else 'all' if blocks is None else blocks}"
         count = set_block_checkpointing(model, bmt.Block, use_checkpoint, blocks)
         groups = grouped(batches, accumulation)
         torch.cuda.reset_peak_memory_stats()
@@ -360,6 +361,19 @@ def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, k
     return results if knobs.sweep else results[0]
 
 
+def _check_transformers_layers(model) -> None:
+    """The baseline must run on transformers' own modules and RoPE, not on kernels patched in earlier."""
+    import importlib
+
+    family = importlib.import_module(type(model).__module__)
+    foreign = {type(m).__module__ for m in model.modules() if not type(m).__module__.startswith(("transformers", "torch"))}
+    rope = getattr(family, "apply_rotary_pos_emb", None)
+    if rope is not None and not rope.__module__.startswith("transformers"):
+        foreign.add(rope.__module__)
+    if foreign:
+        raise RuntimeError(f"the HF baseline would run patched layers from {sorted(foreign)}")
+
+
 def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
     from transformers import AutoModelForCausalLM
 
@@ -374,6 +388,7 @@ def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=N
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.config.use_cache = False
+    _check_transformers_layers(model)
     if scenario["lora"]:
         from peft import LoraConfig, get_peft_model
 
@@ -429,7 +444,9 @@ def _bmtrain_available() -> str | None:
 
 
 def _plan(args, scenarios) -> list[tuple[str, str]]:
-    """``(scenario, side)`` rows to run: ``--scenarios`` x their sides, filtered by ``--only``; BMTrain rows last."""
+    """``(scenario, side)`` rows to run: ``--scenarios`` x their sides, filtered by ``--only``; the HF
+    rows first (``--kernels liger`` patches transformers' modules for the rest of the process, and the
+    baseline must run on transformers' own layers), BMTrain rows last."""
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in scenarios]
     if unknown:
@@ -442,7 +459,7 @@ def _plan(args, scenarios) -> list[tuple[str, str]]:
         if bad:
             raise SystemExit(f"unknown row {bad[0]!r}; known: {', '.join(sorted(known))}")
         rows = [(n, side) for n, sc in scenarios.items() for side in sc["sides"] if f"{n}:{side}" in wanted]
-    return sorted(rows, key=lambda row: row[1] in BMTRAIN_SIDES)
+    return sorted(rows, key=lambda row: (row[1] != "hf", row[1] in BMTRAIN_SIDES))
 
 
 def _ratios(rows) -> dict[str, float]:

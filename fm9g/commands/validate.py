@@ -62,7 +62,25 @@ def check_file(path: Path, schema: str | None = None) -> tuple[list[str], str]:
         from fm9g.mixer.manifest import manifest_problems
 
         problems += manifest_problems(document, path.parent)
+    if schema == "train" and not problems:
+        problems += backend_option_problems(document)
     return list(dict.fromkeys(problems)), schema
+
+
+def backend_option_problems(config: dict[str, Any]) -> list[str]:
+    """A schema-valid train config's ``backend`` and ``backend_options`` against the backend plugin
+    (its own options schema), as ``fm9g train`` will check them."""
+    from fm9g.core.errors import ValidationFailed
+    from fm9g.core.plugins import get_plugin, validate_options
+
+    try:
+        backend = get_plugin("backend", config.get("backend", "torch"), where="$.backend")
+        validate_options(backend, config.get("backend_options"), where="$.backend_options")
+    except ValidationFailed as error:
+        return [f"{error.source}: {problem}" for problem in error.problems]
+    except Fm9gError as error:
+        return [str(error)]
+    return []
 
 
 def detect_schema(document: Any, path: Path) -> str:

@@ -23,3 +23,10 @@ def test_example_config_trains(name, mixture, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "run" / "step-00000002" / "checkpoint.json").read_text())
     assert manifest["weights"] == ("lora" if config["delta"] else "full")
+
+
+def test_the_7b_single_h200_recipe_validates(capsys):
+    """examples/train_7b_h200.json (BENCHMARKS.md: MFU 42 % on one H200) is a valid bmtrain config."""
+    config = load_train_config(EXAMPLES / "train_7b_h200.json")
+    assert config["backend"] == "bmtrain" and config["model"]["kernels"] == "liger"
+    assert main(["validate", str(EXAMPLES / "train_7b_h200.json")]) == 0, capsys.readouterr().err

@@ -32,6 +32,20 @@ def test_valid_documents_are_detected(tmp_path: Path, capsys, example, schema: s
     assert (code, out, err) == (0, f"{path}: valid ({schema})\n", "")
 
 
+def test_train_config_backend_and_its_options_are_checked_like_train_does(tmp_path: Path, capsys, example) -> None:
+    config = dict(example("train"), backend="bmtrain", backend_options={"checkpoint_block": 3})
+    path = write(tmp_path / "train.json", config)
+    code, out, _ = run_cli(capsys, "validate", str(path))
+    assert code == 2
+    assert out.splitlines() == [f"{path}: $.backend_options (bmtrain): options: Additional properties are not "
+                                f"allowed ('checkpoint_block' was unexpected)"]
+    path = write(tmp_path / "typo.json", dict(example("train"), backend="bmtrian"))
+    code, out, _ = run_cli(capsys, "validate", str(path))
+    assert code == 2 and "did you mean 'bmtrain'?" in out and out.startswith(f"{path}: $.backend: unknown backend")
+    path = write(tmp_path / "ok.json", dict(example("train"), backend="bmtrain", backend_options={"checkpoint_blocks": 3}))
+    assert run_cli(capsys, "validate", str(path))[0] == 0
+
+
 def test_seed_manifest_reports_schema_and_path_problems_together(tmp_path: Path, capsys, example) -> None:
     manifest = example("mix")
     (tmp_path / "idx" / "present").mkdir(parents=True)
