@@ -62,12 +62,13 @@ def apply_override(document: dict[str, Any], assignment: str, *, cwd: Path) -> N
     target = document
     for depth, part in enumerate(parts):
         properties = schema.get("properties", {})
-        if part not in properties:
+        free_form = schema.get("type") == "object" and not properties and schema.get("additionalProperties", True)
+        if part not in properties and not free_form:  # free-form: backend_options, checked by the backend
             close = difflib.get_close_matches(part, list(properties), n=1)
             hint = f"did you mean '{'.'.join(parts[:depth] + [close[0]])}'? " if close else ""
             raise Fm9gError(f"unknown config key '{key}'", where=f"command line override '{assignment}'",
                             fix=f"{hint}known keys here: {', '.join(properties) or 'none'}")
-        schema = properties[part]
+        schema = properties.get(part, {})
         if depth == len(parts) - 1:
             value = parse_value(raw)
             if tuple(parts) in PATH_KEYS and isinstance(value, str):

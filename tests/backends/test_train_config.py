@@ -57,6 +57,17 @@ def test_dotted_overrides_parse_json_and_create_delta(tmp_path):
     assert parse_value("abc") == "abc" and parse_value("null") is None and parse_value("3") == 3
 
 
+def test_overrides_reach_into_backend_options_which_the_backend_checks(tmp_path):
+    from fm9g.core.plugins import get_plugin, validate_options
+
+    path = _write(tmp_path / "train.json", {**BASE, "backend": "bmtrain"})
+    config = load_train_config(path, ["backend_options.checkpoint_blocks=10", "backend_options.loss_scale=1024"])
+    assert config["backend_options"] == {"checkpoint_blocks": 10, "loss_scale": 1024}
+    config = load_train_config(path, ["backend_options.checkpoint_block=10"])  # free-form until the backend looks
+    with pytest.raises(ValidationFailed, match="'checkpoint_block' was unexpected"):
+        validate_options(get_plugin("backend", "bmtrain"), config["backend_options"], where="train config")
+
+
 def test_unknown_keys_are_errors_with_suggestions(tmp_path):
     path = _write(tmp_path / "train.json", {**BASE, "lrr": 1e-3, "model": {"preset": "tiny-qwen2", "prest": 1}})
     with pytest.raises(ValidationFailed) as caught:

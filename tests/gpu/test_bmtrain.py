@@ -176,6 +176,27 @@ def test_offload_and_block_checkpointing_match_the_gpu_optimizer(tmp_path, recor
     assert _losses(offload) == pytest.approx(_losses(gpu), rel=5e-3)
 
 
+def test_checkpoint_blocks_recomputes_only_the_first_blocks_and_changes_no_loss(tmp_path, monkeypatch, record):
+    from fm9g.backends import bmtrain_training
+
+    flags = []
+    real = bmtrain_training.set_block_checkpointing
+
+    def recording(model, block_class, enabled, limit=None):
+        count = real(model, block_class, enabled, limit)
+        flags.append([block._use_checkpoint for block in model.modules() if isinstance(block, block_class)])
+        return count
+
+    monkeypatch.setattr(bmtrain_training, "set_block_checkpointing", recording)
+    plain = _train(BmtrainBackend, tmp_path / "plain", "save_iters=0")
+    partial = _train(BmtrainBackend, tmp_path / "partial", "save_iters=0", "use_checkpoint=true",
+                     "backend_options.checkpoint_blocks=1")
+    record("bmtrain_checkpoint_blocks", {"plain": _losses(plain), "first_block_only": _losses(partial),
+                                         "flags": flags})
+    assert flags[0] == [False] * len(flags[0]) and flags[1] == [True] + [False] * (len(flags[1]) - 1)
+    assert _losses(partial) == pytest.approx(_losses(plain), rel=1e-5)
+
+
 def test_loss_scaling_is_logged_and_harmless(tmp_path):
     plain = _train(BmtrainBackend, tmp_path / "plain", "save_iters=0")
     scaled = _train(BmtrainBackend, tmp_path / "scaled", "save_iters=0", 'backend_options={"loss_scale": 1024}')
