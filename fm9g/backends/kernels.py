@@ -14,6 +14,8 @@ process, which is why it is applied once per training process, to the model that
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from fm9g.core.errors import Fm9gError
@@ -43,5 +45,8 @@ def apply_kernels(model: torch.nn.Module, kernels: str, device: torch.device) ->
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise Fm9gError(f"Liger Kernel has no kernels for model type {model_type!r}",
                         where="train config: model.kernels", fix="set model.kernels to 'hf' for this model")
+    # On its first call Liger looks for optional alternatives to its Triton kernels (CuTe DSL, Ascend)
+    # and logs a warning with install advice for each one missing; fm9g uses the Triton kernels.
+    logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
