@@ -42,14 +42,14 @@ phases and its top CUDA kernels).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from train_sides import peak_gib, reset_memory, run_bmtrain, run_fm9g, run_hf
 
 _REPO = Path(__file__).resolve().parents[1]
 for _candidate in (os.environ.get("FM9G_MAKE_CORPUS_DIR"), _REPO / "shared" / "bench", _REPO.parent / "shared" / "bench"):
@@ -118,17 +118,6 @@ def packed_batches(manifest: Path, count: int, batch_size: int, max_length: int)
     return batches
 
 
-def sample_lengths(batch) -> list[int]:
-    """The lengths of the samples in a packed row (the padding tail excluded)."""
-    cu = batch.cu_seqlens.tolist()
-    return [end - begin for begin, end in zip(cu, cu[1:]) if begin < batch.num_tokens]
-
-
-def grouped(batches: list, accumulation: int) -> list[list]:
-    """Consecutive rows in groups of ``accumulation`` (one optimizer step each); a short tail is dropped."""
-    return [batches[i:i + accumulation] for i in range(0, len(batches) - accumulation + 1, accumulation)]
-
-
 def samples_of(batches: list) -> list[tuple[list[int], list[int]]]:
     """The samples of packed rows in order (the padding tail, positions restarting at 0 past num_tokens, excluded)."""
     samples = []
@@ -173,249 +162,6 @@ def padded_batches(samples, batch: int, pad_id: int, device) -> list[dict]:
                     "useful": int(mask.sum()), "computed": batch * longest,
                     "squares": sum(len(s) ** 2 for s, _ in group)})
     return out
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device) -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-
-
-def _timed(step_fn, items, warmup: int, device) -> dict:
-    """Seconds, useful and computed tokens, Σ sample length² over ``items[warmup:]`` (the first
-    ``warmup`` are not timed); ``step_fn`` returns the three counts of its item."""
-    for item in items[:warmup]:
-        step_fn(item)
-    _sync(device)
-    start = time.perf_counter()
-    useful = computed = squares = 0
-    for item in items[warmup:]:
-        u, c, q = step_fn(item)
-        useful, computed, squares = useful + u, computed + c, squares + q
-    _sync(device)
-    return dict(seconds=time.perf_counter() - start, useful=useful, computed=computed, squares=squares)
-
-
-def _row_counts(group: list) -> tuple[int, int, int]:
-    """Useful tokens, computed tokens and Σ sample length² of a group of packed rows."""
-    return (sum(b.num_tokens for b in group), sum(len(b.input_ids) for b in group),
-            sum(n * n for b in group for n in sample_lengths(b)))
-
-
-class _PhaseTimer:
-    """Wraps an optimization object (``backward``/``clip``/``step``) to time clip and step apart
-    from forward + backward (synchronizing the GPU around each: for ``--profile`` only)."""
-
-    def __init__(self, inner, device):
-        self.inner, self.device, self.times = inner, device, {"clip": 0.0, "step": 0.0}
-
-    @property
-    def scale(self):
-        return self.inner.scale
-
-    def backward(self, loss):
-        self.inner.backward(loss)
-
-    def _timed(self, name, fn, *args):
-        _sync(self.device)
-        start = time.perf_counter()
-        value = fn(*args)
-        _sync(self.device)
-        self.times[name] += time.perf_counter() - start
-        return value
-
-    def clip(self, max_norm):
-        return self._timed("clip", self.inner.clip, max_norm)
-
-    def step(self, lr):
-        return self._timed("step", self.inner.step, lr)
-
-
-def _profile(step_fn, optimization, group, device, label: str, kernels: bool = True) -> None:
-    """Print one step's phases (forward+backward / clip / optimizer step) and its top CUDA kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    timer = _PhaseTimer(optimization, device)
-    _sync(device)
-    start = time.perf_counter()
-    step_fn(group, timer)
-    _sync(device)
-    total = time.perf_counter() - start
-    clip, step = timer.times["clip"], timer.times["step"]
-    print(f"  [{label}] one step {total * 1e3:.0f} ms: forward+backward {(total - clip - step) * 1e3:.0f} ms, "
-          f"clip {clip * 1e3:.0f} ms, optimizer step {step * 1e3:.0f} ms", flush=True)
-    if not kernels:
-        return
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step_fn(group, optimization)
-        _sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
-
-
-def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    from fm9g.backends.data import to_device
-    from fm9g.backends.kernels import apply_kernels
-    from fm9g.backends.loop import train_step
-    from fm9g.backends.models import build_model, parameter_counts
-    from fm9g.backends.peft_engine import PeftEngine
-    from fm9g.backends.torch_training import set_dtypes
-
-    _reset(device)
-    model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
-    apply_kernels(model, knobs.kernels, device)
-    if scenario["lora"]:
-        model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
-    config = {"model": {"dtype": "auto"}}
-    set_dtypes(model, config, device, scenario["lora"])
-    if use_checkpoint:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = parameter_counts(model)[0]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=device.type == "cuda")
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    model.train()
-
-    def step(group, optimization=None):
-        train_step(model, optimizer, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
-                   task_names=["a", "b"], autocast_dtype=autocast, optimization=optimization)
-        return _row_counts(group)
-
-    groups = grouped(batches, knobs.grad_accum)
-    result = _timed(step, groups, warmup, device)
-    result.update(peak_gib=_peak(device), params=params)
-    if knobs.profile:
-        from fm9g.backends.loop import TorchOptimization
-
-        _profile(step, TorchOptimization(model, optimizer), groups[-1], device, "torch")
-    del model, optimizer
-    return result
-
-
-def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``);
-    one result per ``--sweep`` point (one point without it)."""
-    from fm9g.backends.bmtrain_runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
-                                               make_manager, make_optimizer)
-    from fm9g.backends.bmtrain_training import cast_parameters, set_block_checkpointing, wrap_model
-    from fm9g.backends.data import to_device
-    from fm9g.backends.kernels import apply_kernels
-    from fm9g.backends.loop import train_step
-    from fm9g.backends.models import build_model, parameter_counts
-    from fm9g.backends.peft_engine import PeftEngine
-
-    bmt = import_bmtrain()
-    init_bmtrain(bmt, 0)
-    device = torch.device("cuda", torch.cuda.current_device())
-    _reset(device)
-    started = time.perf_counter()
-    model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
-    if scenario["lora"]:
-        model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
-    apply_kernels(model, knobs.kernels, device)
-    cast_parameters(model, torch.bfloat16)
-    params = parameter_counts(model)[0]
-    model = wrap_model(bmt, model, use_checkpoint=use_checkpoint, checkpoint_blocks=knobs.checkpoint_blocks)
-    print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
-    optimizer = make_optimizer(bmt, [p for p in model.parameters() if p.requires_grad], offload=False,
-                               lr=1e-5, weight_decay=0.1)
-    collectives = BmtCollectives(bmt)
-    optimization = BmtOptimization(make_manager(bmt, optimizer, {}), optimizer, collectives)
-
-    def step(group, timed_optimization=None):
-        train_step(model, None, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
-                   task_names=["a", "b"], optimization=timed_optimization or optimization, collectives=collectives)
-        return _row_counts(group)
-
-    results = []
-    for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
-        label = f"accum={accumulation},ckpt={'off' if not use_checkpoint else 'all' if blocks is None else blocks}"
-        count = set_block_checkpointing(model, bmt.Block, use_checkpoint, blocks)
-        groups = grouped(batches, accumulation)
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            result = _timed(step, groups, warmup, device)
-        except torch.OutOfMemoryError as error:
-            print(f"  [{label}] out of memory ({str(error)[:120]}); the sweep stops here", flush=True)
-            results.append(dict(label=label, error=f"OutOfMemoryError at {label}", peak_gib=_peak(device)))
-            break
-        result.update(peak_gib=_peak(device), params=params, label=label)
-        results.append(result)
-        print(f"  [{label}] {result['useful'] / result['seconds']:,.0f} useful tokens/s "
-              f"({count} blocks), peak {result['peak_gib']:.1f} GiB", flush=True)
-        if knobs.profile:
-            _profile(step, optimization, groups[-1], device, label, kernels=len(results) == 1)
-    del model, optimizer, optimization
-    return results if knobs.sweep else results[0]
-
-
-def _check_transformers_layers(model) -> None:
-    """The baseline must run on transformers' own modules and RoPE, not on kernels patched in earlier."""
-    import importlib
-
-    family = importlib.import_module(type(model).__module__)
-    foreign = {type(m).__module__ for m in model.modules() if not type(m).__module__.startswith(("transformers", "torch"))}
-    rope = getattr(family, "apply_rotary_pos_emb", None)
-    if rope is not None and not rope.__module__.startswith("transformers"):
-        foreign.add(rope.__module__)
-    if foreign:
-        raise RuntimeError(f"the HF baseline would run patched layers from {sorted(foreign)}")
-
-
-def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
-    from transformers import AutoModelForCausalLM
-
-    from fm9g.backends.models import parameter_counts
-    from fm9g.backends.presets import preset_config
-
-    _reset(device)
-    config = preset_config(scenario["preset"], vocab_size=vocab_size)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if scenario["lora"] and device.type == "cuda" else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.config.use_cache = False
-    _check_transformers_layers(model)
-    if scenario["lora"]:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=64, lora_alpha=32, target_modules=[
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-    if use_checkpoint:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = parameter_counts(model)[0]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=device.type == "cuda")
-    model.train()
-
-    def step(batch):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return batch["useful"], batch["computed"], batch["squares"]
-
-    result = _timed(step, padded, warmup, device)
-    result.update(peak_gib=_peak(device), params=params)
-    del model, optimizer
-    return result
 
 
 def model_flops(result, lora: bool, layers: int, hidden: int) -> float:
@@ -546,7 +292,7 @@ def main() -> int:
             if side == "torch":
                 result = run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, args)
             elif side == "hf":
-                hf_warmup = max(1, round(warmup * args.grad_accum * len(padded) / len(batches)))
+                hf_warmup = min(max(1, round(warmup * args.grad_accum * len(padded) / len(batches))), len(padded) - 1)
                 result = run_hf(scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
             else:
                 rows_in = full_rows(batches) if side == "bmtrain-rows" else batches
@@ -559,8 +305,8 @@ def main() -> int:
         except Exception as error:  # noqa: BLE001 - one row failing (e.g. out of memory) must not lose the others
             print(f"[{name}:{side}] FAILED: {type(error).__name__}: {str(error)[:400]}", flush=True)
             rows.append(dict(scenario=name, side=side, error=f"{type(error).__name__}: {str(error)[:400]}",
-                             peak_gib=_peak(device)))
-            _reset(device)
+                             peak_gib=peak_gib(device)))
+            reset_memory(device)
         done = rows[-1]
         if "useful_tokens_per_s" in done:
             print(f"[{name}:{side}] {done['useful_tokens_per_s']:,.0f} useful tokens/s, MFU {100 * done['mfu']:.1f}%, "

@@ -1,0 +1,31 @@
+"""``benchmarks/train_bench.py --quick`` still runs on a CPU (its GPU figures are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MAKE_CORPUS_DIR
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_bench.py"
+
+
+def test_train_bench_quick_times_hf_first_then_fm9g_with_accumulation(tiny_corpus, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_corpus, work / "corpus-tiny")
+    output = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "full:torch,full:hf", "--steps", "2",
+                             "--grad-accum", "2", "--work", str(work), "--output", str(output)],
+                            env={**os.environ, "FM9G_MAKE_CORPUS_DIR": str(MAKE_CORPUS_DIR)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    rows = report["rows"]
+    assert [row["side"] for row in rows] == ["hf", "torch"]  # the baseline runs before any kernel patching
+    assert all(row["useful_tokens_per_s"] > 0 and 0 < row["useful_share"] <= 1 and row["mfu"] > 0 for row in rows)
+    assert report["ratios"]["full:torch/hf"] > 0
+    assert "full:torch/hf: useful tokens/s ratio" in result.stdout
