@@ -109,11 +109,25 @@ def _profile(step_fn, optimization, group, device, label: str, kernels: bool = T
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
 
 
+def _train_mode(model, device, use_checkpoint: bool):
+    """Checkpointing as asked, train mode, and the same fused AdamW for the torch and HF sides:
+    ``(parameter count, trainable parameters, optimizer)``."""
+    from fm9g.backends.models import parameter_counts
+
+    if use_checkpoint:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=device.type == "cuda")
+    model.train()
+    return parameter_counts(model)[0], trainable, optimizer
+
+
 def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
     from fm9g.backends.data import to_device
     from fm9g.backends.kernels import apply_kernels
     from fm9g.backends.loop import train_step
-    from fm9g.backends.models import build_model, parameter_counts
+    from fm9g.backends.models import build_model
     from fm9g.backends.peft_engine import PeftEngine
     from fm9g.backends.torch_training import set_dtypes
 
@@ -124,14 +138,8 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
         model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
     config = {"model": {"dtype": "auto"}}
     set_dtypes(model, config, device, scenario["lora"])
-    if use_checkpoint:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = parameter_counts(model)[0]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=device.type == "cuda")
+    params, _, optimizer = _train_mode(model, device, use_checkpoint)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    model.train()
 
     def step(group, optimization=None):
         train_step(model, optimizer, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
@@ -222,7 +230,6 @@ def _check_transformers_layers(model) -> None:
 def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
     from transformers import AutoModelForCausalLM
 
-    from fm9g.backends.models import parameter_counts
     from fm9g.backends.presets import preset_config
 
     reset_memory(device)
@@ -239,13 +246,7 @@ def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=N
 
         model = get_peft_model(model, LoraConfig(r=64, lora_alpha=32, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-    if use_checkpoint:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = parameter_counts(model)[0]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=device.type == "cuda")
-    model.train()
+    params, trainable, optimizer = _train_mode(model, device, use_checkpoint)
 
     def step(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import MAKE_CORPUS_DIR
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_bench.py"
 
 
 def test_train_bench_quick_times_hf_first_then_fm9g_with_accumulation(tiny_corpus, tmp_path):
-    work = tmp_path / "work"
+    work = tmp_path / "work"  # holding the corpus, so the script does not generate it again
     shutil.copytree(tiny_corpus, work / "corpus-tiny")
     output = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "full:torch,full:hf", "--steps", "2",
                              "--grad-accum", "2", "--work", str(work), "--output", str(output)],
-                            env={**os.environ, "FM9G_MAKE_CORPUS_DIR": str(MAKE_CORPUS_DIR)},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
