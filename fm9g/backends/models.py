@@ -146,7 +146,7 @@ def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_
     from fm9g.backends import checkpoints as ckpt
 
     model = build_model(config["model"], seed=config["seed"], device=device, vocab_size=vocab_size)
-    apply_kernels(model, config["model"].get("kernels", "hf"), torch.device(device))
+    apply_kernels(model, config["model"].get("kernels", "hf"), device)
     if prepare is not None:
         prepare(model)
     hf_config = copy.deepcopy(model.config)
