@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fm9g.index.format import is_chinese
+from fm9g.core.text import is_chinese
 
 BOM = b"\xef\xbb\xbf"
 LANGUAGE_VOTES_PER_CHUNK = 100

@@ -12,8 +12,9 @@ from index_helpers import run_fm9g, seed_index_text, seed_read_all, write_jsonl
 
 from fm9g.core.errors import Fm9gError
 from fm9g.core.schemas import schema_problems
+from fm9g.core.text import is_chinese
 from fm9g.index.builder import BuildOptions, build_index
-from fm9g.index.format import is_chinese, truncate_sample
+from fm9g.index.format import truncate_sample
 from fm9g.index.reader import IndexedDataset, checksum
 from fm9g.tokenizers import load_tokenizer
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import fm9g
 from fm9g.core.protocols import Record, Skipped
-from fm9g.index.format import is_chinese
+from fm9g.core.text import is_chinese
 
 __all__ = ["MedicalO1Adapter", "register_adapters", "is_chinese"]
 
