@@ -1,13 +1,17 @@
-"""Shared pytest fixtures: the tiny benchmark corpus (built once per session) and its HF tokenizer."""
+"""Shared pytest fixtures: the tiny benchmark corpus (built once per session) and its HF tokenizer.
+
+``tests/`` goes on ``sys.path`` so that test modules of every stage can import ``cli_helpers``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
-import os
+sys.path.insert(0, str(Path(__file__).parent))
 
 MAKE_CORPUS_DIR = Path(os.environ.get("FM9G_MAKE_CORPUS_DIR")
                        or Path(__file__).resolve().parents[2] / "shared" / "bench")

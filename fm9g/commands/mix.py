@@ -10,7 +10,6 @@ sees them, ``--plot FILE.png`` draws realized against target shares.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -86,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from tqdm import tqdm
 
+    from fm9g.core.atomic import write_json_atomic
     from fm9g.core.errors import Fm9gError
     from fm9g.mixer.manifest import load_manifest
     from fm9g.mixer.materialized import MaterializedWriter
@@ -158,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else (Path(args.output) / "mix_report.json" if args.output
                                                          else Path("mix_report.json"))
     if not (args.output and not args.report):
-        temporary = report_path.with_name(f".{report_path.name}.tmp")
-        temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        temporary.replace(report_path)
+        write_json_atomic(report_path, report)
     console.print(f"report: {report_path}" + (f"; packed stream: {args.output}" if args.output else ""))
     if args.plot:
         from fm9g.mixer.plot import plot_shares

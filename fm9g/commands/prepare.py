@@ -52,7 +52,7 @@ def parse_options(pairs: list[str], mapping: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g.index.prepare import parse_split, prepare
+    from fm9g.prepare.prepare import parse_split, prepare
 
     test_size = parse_split(args.split) if args.split else None
     result = prepare(args.input, args.output, args.adapter, parse_options(args.option, args.map),

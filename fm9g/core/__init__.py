@@ -1,1 +1,1 @@
-"""Plugin system, schemas and validation, protocols and errors shared by every pipeline stage."""
+"""Plugin system, schemas and validation, protocols, errors, atomic output and text helpers shared by every stage."""

@@ -1,1 +1,1 @@
-"""Indexed datasets: building (fm9g index), reading with O(1) random access, preparing raw data."""
+"""Indexed datasets: building (``fm9g index``) and reading with O(1) random access."""

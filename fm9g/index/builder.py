@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import glob
 import hashlib
-import json
 import multiprocessing
 import os
 import time
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from fm9g.core.atomic import atomic_directory, write_json_atomic
 from fm9g.core.errors import Fm9gError
-from fm9g.index.atomic import atomic_directory
 from fm9g.index.chunks import BOM, ChunkResult, ChunkTask, init_worker, process_chunk
 from fm9g.index.format import (
     DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, LENGTH_BUCKETS, META_FILE, length_distribution,
@@ -255,7 +254,7 @@ class _Assembler:
             data_checksum=f"blake2b:{self.hasher.hexdigest()}", skipped=dict(self.skipped),
             normalized=dict(self.normalized), sources=self.sources,
         )
-        (self.directory / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(self.directory / META_FILE, meta)
         return meta
 
     def _write_h5(self, tokenizer: Any) -> None:

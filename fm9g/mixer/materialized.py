@@ -1,7 +1,8 @@
 """A materialized mixture: the packed global stream written to disk by ``fm9g mix --output DIR``.
 
-Layout (all written into a temporary sibling directory that is renamed into place at the end, so
-an interrupted run never leaves a directory that looks complete)::
+Layout (all written into a temporary sibling directory that is renamed into place at the end by
+:class:`fm9g.core.atomic.PendingDirectory`, so an interrupted run never leaves a directory that
+looks complete)::
 
     DIR/mixture.json          format, settings, task names, shard list, totals
     DIR/stream_state.json     the MixtureStream state after the last batch (continue mixing from it)
@@ -19,14 +20,12 @@ an interrupted run never leaves a directory that looks complete)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fm9g.core.atomic import PendingDirectory, write_json_atomic
 from fm9g.core.errors import Fm9gError
 from fm9g.mixer.packing import PackedBatch, positions_from_cu_seqlens
 
@@ -45,8 +44,8 @@ class MaterializedWriter:
         if self.directory.exists() and not force:
             raise Fm9gError("output directory already exists", where=str(self.directory),
                             fix="pass --force to replace it, or choose another --output")
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.tmp-", dir=self.directory.parent))
+        self._pending = PendingDirectory(self.directory, replace=force)
+        self.temporary = self._pending.path
         self.capacity = capacity
         self.shard_batches = max(1, SHARD_TOKENS // capacity)
         self.shards: list[dict[str, Any]] = []
@@ -92,18 +91,11 @@ class MaterializedWriter:
         }
         for name, document in (("stream_state.json", final_state), ("mix_report.json", report),
                                ("mixture.json", description)):
-            (self.temporary / name).write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
-        if self.directory.exists():
-            retired = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}")
-            os.rename(self.directory, retired)
-            os.rename(self.temporary, self.directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(self.temporary, self.directory)
-        return self.directory
+            write_json_atomic(self.temporary / name, document)
+        return self._pending.publish()
 
     def abort(self) -> None:
-        shutil.rmtree(self.temporary, ignore_errors=True)
+        self._pending.discard()
 
 
 class MaterializedStream:

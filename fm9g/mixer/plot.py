@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fm9g.core.atomic import atomic_file
 from fm9g.core.errors import Fm9gError
 
 
@@ -38,8 +39,7 @@ def plot_shares(history: list[tuple[int, list[int]]], report: dict[str, Any], pa
     axis.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
-    figure.savefig(temporary)
+    with atomic_file(path) as handle:
+        figure.savefig(handle, format=path.suffix[1:].lower())
     plt.close(figure)
-    temporary.replace(path)
     return path

@@ -1,4 +1,4 @@
-"""Helpers for the index tests: the seed's own index writer and reader logic, and a CLI runner.
+"""Helpers for the index tests: the seed's own index writer and reader logic.
 
 ``seed_index_text`` / ``seed_read_all`` restate, line for line, what the seed's
 ``build_index_from_jsonl`` / ``IndexedDatasetBuilder`` write and what its ``IndexedDataset`` reads
@@ -8,9 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +57,3 @@ def seed_read_all(directory: Path) -> list[dict]:
     with h5py.File(directory / "index.h5", "r") as hf:
         assert list(hf["index"][()]) == bounds
     return records
-
-
-def run_fm9g(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``fm9g`` CLI in a subprocess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, "-m", "fm9g", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"fm9g {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result

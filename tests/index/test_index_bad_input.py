@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from index_helpers import run_fm9g, seed_index_text
+from cli_helpers import run_fm9g
+from index_helpers import seed_index_text
 
 from fm9g.core.errors import Fm9gError
 from fm9g.index.builder import BuildOptions, build_index

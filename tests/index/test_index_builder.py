@@ -8,7 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from index_helpers import run_fm9g, seed_index_text, seed_read_all, write_jsonl
+from cli_helpers import run_fm9g
+from index_helpers import seed_index_text, seed_read_all, write_jsonl
 
 from fm9g.core.errors import Fm9gError
 from fm9g.core.schemas import schema_problems

@@ -9,7 +9,7 @@ import pytest
 
 from fm9g.core.plugins import registry, validate_options
 from fm9g.core.protocols import Adapter, Skipped
-from fm9g.index.prepare import prepare
+from fm9g.prepare.prepare import prepare
 from fm9g_alpaca import AlpacaAdapter
 
 

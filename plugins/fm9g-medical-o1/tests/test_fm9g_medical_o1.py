@@ -12,7 +12,7 @@ import pytest
 from fm9g.core.errors import ValidationFailed
 from fm9g.core.plugins import registry, validate_options
 from fm9g.core.protocols import Skipped
-from fm9g.index.prepare import prepare
+from fm9g.prepare.prepare import prepare
 from fm9g_medical_o1 import MedicalO1Adapter, is_chinese
 
 

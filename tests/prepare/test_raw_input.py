@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fm9g.core.errors import Fm9gError
-from fm9g.index import jsonstream
-from fm9g.index.jsonstream import ReadFailure, detect_layout, iter_json, iter_text_lines
+from fm9g.prepare import raw_input
+from fm9g.prepare.raw_input import ReadFailure, detect_layout, iter_json, iter_text_lines
 
 VALUES = [{"Question": f"问题{i}" * (i % 7 + 1), "n": i, "x": [1.5, None, True], "s": "a\"b\\c"} for i in range(300)]
 
@@ -17,7 +17,7 @@ VALUES = [{"Question": f"问题{i}" * (i % 7 + 1), "n": i, "x": [1.5, None, True
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force 64-byte reads so values straddle block boundaries everywhere."""
-    monkeypatch.setattr(jsonstream, "_BLOCK", 64)
+    monkeypatch.setattr(raw_input, "_BLOCK", 64)
 
 
 @pytest.mark.parametrize("indent", [None, 2])
@@ -36,18 +36,18 @@ def test_array_of_numbers_split_across_blocks(tmp_path: Path, small_blocks: None
 
 
 def test_window_stays_small_for_a_big_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jsonstream, "_BLOCK", 4096)
+    monkeypatch.setattr(raw_input, "_BLOCK", 4096)
     path = tmp_path / "big.json"
     path.write_text(json.dumps(VALUES * 20, ensure_ascii=False), encoding="utf-8")
     seen = []
-    original = jsonstream._Window.fill
+    original = raw_input._Window.fill
 
     def spy(window):
         result = original(window)
         seen.append(len(window.text))
         return result
 
-    monkeypatch.setattr(jsonstream._Window, "fill", spy)
+    monkeypatch.setattr(raw_input._Window, "fill", spy)
     assert sum(1 for _ in iter_json(path)) == len(VALUES) * 20
     assert max(seen) < 3 * 4096 < path.stat().st_size / 10
 

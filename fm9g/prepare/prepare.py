@@ -7,10 +7,13 @@ line. ``--split test=F --seed S`` reproduces the seed's ``datasets`` call
 each in permutation order; the adapter's filters (e.g. medical-o1's language) apply after the split,
 as in the seed's script. To do that without holding records in memory, adapter results are staged
 on disk (one line per raw item) and read back in permutation order through their offsets.
+``train.jsonl`` and ``test.jsonl`` are renamed into place only once both are written, and the
+report after them, so an interrupted run leaves the previous outputs (or none).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,20 +21,22 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from fm9g import __version__
+from fm9g.core.atomic import atomic_file, remove_stale_temps, temp_sibling, write_json_atomic
 from fm9g.core.errors import Fm9gError
 from fm9g.core.plugins import registry, validate_options
 from fm9g.core.protocols import Skipped
-from fm9g.index.atomic import temp_sibling
-from fm9g.index.jsonstream import ReadFailure, iter_json, iter_text_lines
+from fm9g.prepare.raw_input import ReadFailure, iter_json, iter_text_lines
 
 TRAIN_FILE = "train.jsonl"
 TEST_FILE = "test.jsonl"
 REPORT_FILE = "prepare_report.json"
+STAGING_FILE = "staging.jsonl"
+"""Adapter results, one line per raw item, kept under a hidden temp name only while the split is written."""
 DEFAULT_SEED = 3014
 """The seed's split seed (``train_test_split(test_size=0.05, seed=3014)``)."""
 
@@ -89,9 +94,9 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
 
     dropped: Counter = Counter()
     first_dropped: dict[str, str] = {}
-    staging = temp_sibling(output / "staging.jsonl")
+    remove_stale_temps(output / STAGING_FILE)
+    staging = temp_sibling(output / STAGING_FILE)
     offsets = array("q", [0])
-    temps: list[Path] = [staging]
     try:
         items = _items(source, adapter.input_kind, dropped, first_dropped)
         with open(staging, "wb") as stage, _progress(progress) as bar:
@@ -115,10 +120,12 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
         if test_size:
             train, test = split_indices(n, test_size, seed)
             outputs = {TRAIN_FILE: train, TEST_FILE: test}
-        for name, order in outputs.items():
-            temp = temp_sibling(output / name)
-            temps.append(temp)
-            kept[name.split(".")[0]] = _write_in_order(staging, offsets, order, temp)
+        with contextlib.ExitStack() as published:  # every output is renamed into place only if all were written
+            for name, order in outputs.items():
+                target = published.enter_context(atomic_file(output / name))
+                kept[name.split(".")[0]] = _write_in_order(staging, offsets, order, target)
+        if not test_size:
+            (output / TEST_FILE).unlink(missing_ok=True)
         report = {
             "input": str(source),
             "adapter": adapter.name,
@@ -131,17 +138,9 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
             "outputs": sorted(outputs),
             "fm9g_version": __version__,
         }
-        report_temp = temp_sibling(output / REPORT_FILE)
-        temps.append(report_temp)
-        report_temp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        for name in outputs:
-            os.replace(temp_sibling(output / name), output / name)
-        if not test_size:
-            (output / TEST_FILE).unlink(missing_ok=True)
-        os.replace(report_temp, output / REPORT_FILE)
+        write_json_atomic(output / REPORT_FILE, report)
     finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
     return PrepareResult(report, first_dropped)
 
 
@@ -156,10 +155,10 @@ def _items(source: Path, kind: str, dropped: Counter, first_dropped: dict[str, s
         yield item
 
 
-def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, target: Path) -> int:
+def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, out: IO[bytes]) -> int:
     """Copy staged records (all in file order, or those of ``order`` in that order); count them."""
     written = 0
-    with open(staging, "rb") as stage, open(target, "wb") as out:
+    with open(staging, "rb") as stage:
         if order is None:
             for line in stage:
                 if line != b"\n":

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_helpers import run_fm9g
+from cli_helpers import run_fm9g
 
 from fm9g.cli import main
 from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
-from fm9g.index.prepare import parse_split, prepare, split_indices
+from fm9g.prepare.prepare import parse_split, prepare, split_indices
 
 
 def _seed_txt2jsonl(text_path: Path) -> bytes:
