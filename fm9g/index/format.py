@@ -51,14 +51,6 @@ def length_distribution(token_counts: Any) -> dict[str, int]:
     return result
 
 
-def seed_token_estimate(text_chars: int, spaces: int, language: str) -> float:
-    """The seed's token estimate when no tokenizer is used: 0.7 per character for ``zh``,
-    1.5 per space-separated word for ``en``."""
-    if language == "en":
-        return 1.5 * (spaces + 1)
-    return 0.7 * text_chars
-
-
 def truncate_sample(record: dict[str, Any]) -> dict[str, Any]:
     """``data_sample`` as the seed writes it: strings cut to 50 characters + ``...``, lists to one item."""
 

@@ -83,8 +83,3 @@ def positions_from_cu_seqlens(cu_seqlens: np.ndarray, capacity: int) -> np.ndarr
     cu_seqlens = np.asarray(cu_seqlens, dtype=np.int64)
     lengths = np.diff(cu_seqlens)
     return (np.arange(capacity, dtype=np.int64) - np.repeat(cu_seqlens[:-1], lengths)).astype(np.int32)
-
-
-def efficiency(num_tokens: int, capacity: int) -> float:
-    """Packing efficiency: non-padding tokens over all token slots."""
-    return num_tokens / capacity if capacity else 0.0

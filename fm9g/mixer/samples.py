@@ -19,14 +19,12 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
 
 import numpy as np
 
 from fm9g.core.protocols import Record, Tokenizer, TransformFn
 
 IGNORE_INDEX = -100
-OVERSIZE_RULES = ("drop", "head", "segment")
 
 OK, SEGMENTED, TRUNCATED, INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT = range(7)
 STATUS_NAMES = (
@@ -271,16 +269,3 @@ def windows(start: int, kept: int, max_length: int) -> list[tuple[int, int]]:
     if kept <= max_length:
         return [(start, start + kept)] if kept > 0 else []
     return [(begin, min(begin + max_length, start + kept)) for begin in range(start, start + kept, max_length)]
-
-
-def status_counts(counts: dict[str, int], status: int) -> None:
-    """Add one sample of ``status`` to a reason -> count dict (``ok`` is not counted)."""
-    if status != OK:
-        name = STATUS_NAMES[status]
-        counts[name] = counts.get(name, 0) + 1
-
-
-def describe_sample(src: Any, tgt: Any) -> tuple[int, int]:
-    """(prompt tokens, trained tokens) of one packed piece."""
-    trained = int(np.count_nonzero(np.asarray(tgt) != IGNORE_INDEX))
-    return len(src) - trained, trained

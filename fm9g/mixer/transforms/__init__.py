@@ -33,9 +33,6 @@ class TransformRef:
     options: dict[str, Any] = field(default_factory=dict)
     script: Path | None = None
 
-    def describe(self) -> str:
-        return f"script {self.script}" if self.script else str(self.name)
-
     def as_json(self) -> dict[str, Any]:
         if self.script:
             return {"script": str(self.script)}
