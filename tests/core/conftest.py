@@ -1,4 +1,4 @@
-"""Example documents of every schema, shared by the schema, model and validate-command tests."""
+"""Example documents of every schema, shared by the schema and validate-command tests."""
 
 from __future__ import annotations
 
