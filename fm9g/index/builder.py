@@ -1,4 +1,4 @@
-"""``fm9g index``: JSONL records → a seed-compatible indexed dataset directory (SPEC §4.3).
+"""``fm9g index``: JSONL records → an indexed dataset directory in the seed's layout (its tooling reads it).
 
 The input is cut into newline-aligned chunks that worker processes validate and tokenize in
 parallel; the main process consumes results in order, copies good lines byte for byte into

@@ -1,4 +1,4 @@
-"""The on-disk layout of an indexed dataset (SPEC §4.2) and the seed's conventions fm9g keeps.
+"""The on-disk layout of an indexed dataset (the seed's, so either tool reads the other's output) and its conventions.
 
 A directory holds ``data.jsonl`` (one record per line), ``index`` (text: the byte offset of every
 line start, then the file size — nlines+1 numbers, each followed by ``\\n``, exactly what the

@@ -1,4 +1,4 @@
-"""Random access to an indexed dataset directory, fm9g's or the seed's (SPEC §4.2, contract 1).
+"""Random access to an indexed dataset directory, fm9g's or the seed's, so seed datasets mix without conversion.
 
 ``IndexedDataset(path)`` memory-maps the offsets from ``index.h5`` (or parses the text ``index``
 when there is no HDF5 file), so opening is cheap and ``ds[i]`` is one ``pread``. The constructor

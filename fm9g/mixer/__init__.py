@@ -1,4 +1,4 @@
-"""Mixing (SPEC §5): manifest, transforms, samples, scheduler, permutations, packing, the global stream.
+"""Mixing: manifest, transforms, samples, scheduler, permutations, packing, the global stream.
 
 Entry points: :func:`fm9g.mixer.manifest.load_manifest`, :class:`fm9g.mixer.stream.MixtureStream`
 (packed batches on the fly, with O(1) resumable state) and

@@ -1,4 +1,4 @@
-"""The mix manifest (SPEC §5.1): the seed's list form, unchanged, or fm9g's object form.
+"""The mix manifest: the seed's list form, unchanged, or fm9g's object form.
 
 ``load_manifest`` validates a manifest against ``schemas/mix.schema.json`` *and* its meaning
 (duplicate task names, zero total weight, dataset directories that are missing or not indexed,

@@ -1,4 +1,4 @@
-"""Packing samples into the seed's unpadded batch layout (SPEC §5.4).
+"""Packing samples into the seed's unpadded batch layout (what its training code consumes).
 
 A global batch is one row of ``batch_size * max_length`` tokens holding whole samples (or
 ``segment`` windows) back to back. ``position_ids`` restart at 0 for each sample, ``cu_seqlens``

@@ -1,4 +1,4 @@
-"""The plan (SPEC §5.6): what a manifest implies for a token budget, before running anything.
+"""The plan: what a manifest implies for a token budget, before running anything.
 
 Per dataset: weight and target share, rows, tokens per epoch (estimated by tokenizing a keyed
 random sample of rows through the dataset's real transform and oversize rule — the chat template

@@ -1,4 +1,4 @@
-"""The realized mixture: what a run of the stream actually produced, per dataset (SPEC §5.6).
+"""The realized mixture: what a run of the stream actually produced, per dataset.
 
 :class:`MixRecorder` watches packed batches (token shares, prompt vs trained tokens, samples,
 packing efficiency, a share history for the plot); :func:`realized_report` combines that with the

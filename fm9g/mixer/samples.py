@@ -1,4 +1,4 @@
-"""Records to training samples (SPEC §5.2), built a chunk of rows at a time.
+"""Records to training samples, built a chunk of rows at a time.
 
 For each record: apply the transform, then ``src = [bos] + enc(input) + enc(output)`` and
 ``tgt = [-100] * len(enc(input)) + enc(output) + [eos]`` — the seed's pre-shifted targets, so

@@ -1,4 +1,4 @@
-"""Which dataset the next sample comes from (SPEC §5.3): deterministic token-deficit scheduling.
+"""Which dataset the next sample comes from: deterministic token-deficit scheduling.
 
 ``abs_weight`` is a target share of non-padding tokens, normalized over the datasets still active.
 The next sample comes from the active dataset whose realized tokens lag furthest behind target,

@@ -38,7 +38,7 @@ and so were a second tokenizing thread and prefetching only once half a chunk wa
 
 
 def open_dataset(path: str | os.PathLike) -> Any:
-    """Open an indexed dataset directory with the index reader (contract 1)."""
+    """Open an indexed dataset directory with the index reader, which reads the seed's directories too."""
     from fm9g.index.reader import IndexedDataset
 
     return IndexedDataset(path)

@@ -1,4 +1,4 @@
-"""One global packed stream with O(1), JSON-serializable state (SPEC §5.5, contract 2).
+"""One global packed stream with O(1), JSON-serializable state, so a run resumes it exactly.
 
 The sequence of global batches is a pure function of (manifest, data, tokenizer, seed,
 max_length, batch_size). Every rank computes it (token counts decide what comes next, so every

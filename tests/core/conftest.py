@@ -26,7 +26,7 @@ OBJECT_MIX = {
         {"task_name": "alpaca", "path": "idx/alpaca", "abs_weight": 0.5, "transform": "identity"},
     ],
 }
-"""SPEC §5.1's object-form manifest."""
+"""An object-form manifest: global settings, a transform with options, epochs, an oversize rule."""
 
 SEED_META = {
     "language": "zh", "nlines": 48818, "nbytes": 33836014,

@@ -1,4 +1,4 @@
-"""Helpers for mixer tests: seed-format indexed datasets written directly (SPEC §4.2) and manifests.
+"""Helpers for mixer tests: manifests, and indexed datasets written directly in the seed's layout.
 
 The seed's on-disk format is tiny — ``data.jsonl``, a text ``index`` of nlines+1 byte offsets and a
 ``meta.json`` — so tests write it themselves and read it back with the real

@@ -1,4 +1,4 @@
-"""Samples (SPEC §5.2): pre-shifted targets, prompt masking, bos/eos, oversize rules, counted reasons."""
+"""Samples: pre-shifted targets, prompt masking, bos/eos, oversize rules, counted reasons."""
 
 from __future__ import annotations
 
