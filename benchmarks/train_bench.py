@@ -258,7 +258,7 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     manifest = prepare_data(work, args.scale or ("tiny" if args.quick else "small"))
-    from fm9g.backends.presets import preset_config
+    from fm9g.backends.models.presets import preset_config
     from fm9g.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(json.loads(manifest.read_text())["tokenizer"])

@@ -112,7 +112,7 @@ def _profile(step_fn, optimization, group, device, label: str, kernels: bool = T
 def _train_mode(model, device, use_checkpoint: bool):
     """Checkpointing as asked, train mode, and the same fused AdamW for the torch and HF sides:
     ``(parameter count, trainable parameters, optimizer)``."""
-    from fm9g.backends.models import parameter_counts
+    from fm9g.backends.models.build import parameter_counts
 
     if use_checkpoint:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -124,12 +124,12 @@ def _train_mode(model, device, use_checkpoint: bool):
 
 
 def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    from fm9g.backends.data import to_device
-    from fm9g.backends.kernels import apply_kernels
-    from fm9g.backends.loop import train_step
-    from fm9g.backends.models import build_model
-    from fm9g.backends.peft_engine import PeftEngine
-    from fm9g.backends.torch_training import set_dtypes
+    from fm9g.backends.training.batches import to_device
+    from fm9g.backends.models.kernels import apply_kernels
+    from fm9g.backends.training.loop import train_step
+    from fm9g.backends.models.build import build_model
+    from fm9g.backends.lora.peft_engine import PeftEngine
+    from fm9g.backends.torch_backend.training import set_dtypes
 
     reset_memory(device)
     model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
@@ -150,7 +150,7 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
     result = _timed(step, groups, warmup, device)
     result.update(peak_gib=peak_gib(device), params=params)
     if knobs.profile:
-        from fm9g.backends.loop import TorchOptimization
+        from fm9g.backends.training.loop import TorchOptimization
 
         _profile(step, TorchOptimization(model, optimizer), groups[-1], device, "torch")
     del model, optimizer
@@ -160,14 +160,14 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
 def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
     """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``);
     one result per ``--sweep`` point (one point without it)."""
-    from fm9g.backends.bmtrain_runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
+    from fm9g.backends.bmtrain_backend.runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
                                                make_manager, make_optimizer)
-    from fm9g.backends.bmtrain_training import cast_parameters, set_block_checkpointing, wrap_model
-    from fm9g.backends.data import to_device
-    from fm9g.backends.kernels import apply_kernels
-    from fm9g.backends.loop import train_step
-    from fm9g.backends.models import build_model, parameter_counts
-    from fm9g.backends.peft_engine import PeftEngine
+    from fm9g.backends.bmtrain_backend.training import cast_parameters, set_block_checkpointing, wrap_model
+    from fm9g.backends.training.batches import to_device
+    from fm9g.backends.models.kernels import apply_kernels
+    from fm9g.backends.training.loop import train_step
+    from fm9g.backends.models.build import build_model, parameter_counts
+    from fm9g.backends.lora.peft_engine import PeftEngine
 
     bmt = import_bmtrain()
     init_bmtrain(bmt, 0)
@@ -230,7 +230,7 @@ def _check_transformers_layers(model) -> None:
 def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
     from transformers import AutoModelForCausalLM
 
-    from fm9g.backends.presets import preset_config
+    from fm9g.backends.models.presets import preset_config
 
     reset_memory(device)
     config = preset_config(scenario["preset"], vocab_size=vocab_size)

@@ -15,5 +15,5 @@ PYTHON="${PYTHON:-python}"
 "$PYTHON" -m pip install -q "$@" "web.py>=0.62" "pyyaml>=5.1"
 "$PYTHON" -m pip install -q --no-deps "$@" "opendelta==0.3.2"
 if "$PYTHON" -c "import fm9g" 2>/dev/null; then
-  "$PYTHON" -c "from fm9g.backends.opendelta_compat import import_opendelta; import_opendelta(); print('opendelta engine ready')"
+  "$PYTHON" -c "from fm9g.backends.lora.opendelta_bridge import import_opendelta; import_opendelta(); print('opendelta engine ready')"
 fi

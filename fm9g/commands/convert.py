@@ -55,8 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g.backends.lora_merge import convert_merge_lora
-    from fm9g.backends.seed_checkpoint import convert_hf_to_pt, convert_pt_to_hf
+    from fm9g.backends.export.convert import convert_hf_to_pt, convert_merge_lora, convert_pt_to_hf
 
     if args.direction == "pt2hf":
         report = convert_pt_to_hf(

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g.backends.export import export_checkpoint
+    from fm9g.backends.export.export import export_checkpoint
 
     report = export_checkpoint(
         args.checkpoint, args.output, merge_lora=args.merge_lora, fmt=args.fmt, force=args.force,

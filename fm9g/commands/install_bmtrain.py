@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g.backends.bmtrain_install import build_and_install
+    from fm9g.backends.bmtrain_backend.install import build_and_install
 
     build_and_install(args.sdist, args.arch, install=not args.no_install, wheel_dir=args.wheel_dir)
     return 0

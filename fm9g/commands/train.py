@@ -51,40 +51,32 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def _resume_point(resume: str | None, config: dict, out) -> Path | None:
-    from fm9g.backends import checkpoints
+def _resume_point(resume: str | None, config: dict, out):
+    """The checkpoint ``--resume`` names (read once, handed to the backend), with a warning when the
+    config differs from the one it was trained with."""
+    from fm9g.backends.training.resume import ResumePoint
 
-    if not resume:
-        return None
-    if resume == "auto":
-        latest = checkpoints.latest_checkpoint(config["save"])
-        if latest is None and int(os.environ.get("RANK", "0")) == 0:
-            print(f"fm9g train: no complete checkpoint under {config['save']}; starting from step 0", file=out)
-        return latest
-    directory = Path(resume)
-    manifest = checkpoints.read_manifest(directory)
-    if manifest["config_hash"] != checkpoints.config_hash(config) and int(os.environ.get("RANK", "0")) == 0:
-        changed = sorted(k for k in set(config) | set(manifest["config"])
-                         if config.get(k) != manifest["config"].get(k))
+    point = ResumePoint.find(resume, config["save"])
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume == "auto" and point is None and is_main:
+        print(f"fm9g train: no complete checkpoint under {config['save']}; starting from step 0", file=out)
+    if resume and resume != "auto" and is_main and (changed := point.changed_keys(config)):
         print(f"fm9g train: warning: the config differs from the checkpoint's in {', '.join(changed)}", file=out)
-    return directory
+    return point
 
 
 def run(args: argparse.Namespace) -> int:
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         return subprocess.call(_torchrun_command(args))
 
-    from fm9g.backends.run_context import RunContext
-    from fm9g.backends.train_config import check_references, load_train_config
-    from fm9g.core.plugins import get_plugin, validate_options
+    from fm9g.backends.training.config import check_references, load_train_config
+    from fm9g.backends.training.run import RunContext
+    from fm9g.core.plugins import get_plugin
 
     config = load_train_config(args.config, list(args.overrides))
     check_references(config)
     backend = get_plugin("backend", config["backend"], where="train config: backend")
-    config["backend_options"] = validate_options(backend, config.get("backend_options"),
-                                                 where="train config: backend_options")
-    resume = _resume_point(args.resume, config, sys.stderr)
-    context = RunContext(resume=resume, config_path=Path(args.config), show_progress=args.progress)
+    context = RunContext(resume=_resume_point(args.resume, config, sys.stderr), show_progress=args.progress)
     result = backend.train(config, context)
     if int(os.environ.get("RANK", "0")) == 0 and isinstance(result, dict):
         print(f"fm9g train: done at step {result.get('step')} ({result.get('tokens_seen', 0):,} tokens); "

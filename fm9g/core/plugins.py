@@ -37,10 +37,10 @@ BUILTIN_MODULES = (
     "fm9g.tokenizers.byte",
     "fm9g.tokenizers.hf",
     "fm9g.tokenizers.sentencepiece",
-    "fm9g.backends.torch_backend",
-    "fm9g.backends.bmtrain_backend",
-    "fm9g.backends.peft_engine",
-    "fm9g.backends.opendelta_engine",
+    "fm9g.backends.torch_backend.plugin",
+    "fm9g.backends.bmtrain_backend.plugin",
+    "fm9g.backends.lora.peft_engine",
+    "fm9g.backends.lora.opendelta_engine",
 )
 """Modules holding fm9g's own hook implementations, registered like any installed plugin."""
 

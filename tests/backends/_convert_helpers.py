@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from fm9g.backends.presets import preset_config
+from fm9g.backends.models.presets import preset_config
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT_IDS = torch.tensor([[1, 108, 105, 112, 112, 115, 36, 123, 115, 118, 112, 104]])
@@ -109,6 +109,6 @@ def train_tiny_hf_tokenizer(directory: Path) -> Path:
 
 def state_of(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of an HF output directory (single file or shards)."""
-    from fm9g.backends.seed_checkpoint import load_hf_state_dict
+    from fm9g.backends.weights.files import load_hf_state_dict
 
     return load_hf_state_dict(directory)

@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 pytest.importorskip("bmtrain")
 
 from backend_helpers import list_stream_factory  # noqa: E402
-from fm9g.backends.bmtrain_backend import BmtrainBackend  # noqa: E402
-from fm9g.backends.logging import read_log  # noqa: E402
-from fm9g.backends.run_context import RunContext  # noqa: E402
-from fm9g.backends.torch_backend import TorchBackend  # noqa: E402
-from fm9g.backends.train_config import load_train_config  # noqa: E402
+from fm9g.backends.bmtrain_backend.plugin import BmtrainBackend  # noqa: E402
+from fm9g.backends.training.metrics import read_log  # noqa: E402
+from fm9g.backends.training.run import RunContext  # noqa: E402
+from fm9g.backends.training.resume import ResumePoint  # noqa: E402
+from fm9g.backends.torch_backend.plugin import TorchBackend  # noqa: E402
+from fm9g.backends.training.config import load_train_config  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -39,7 +40,7 @@ def _config(save, *extra, preset="small-qwen2"):
 
 def _train(backend, save, *extra, resume=None, preset="small-qwen2"):
     config = _config(save, *extra, preset=preset)
-    backend().train(config, RunContext(resume=resume, stream_factory=list_stream_factory(40, seed=1),
+    backend().train(config, RunContext(resume=ResumePoint.open(resume) if resume else None, stream_factory=list_stream_factory(40, seed=1),
                                        show_progress=False))
     return read_log(save / "train_log.jsonl")
 
@@ -82,7 +83,7 @@ def test_resume_is_exact_and_checkpoint_has_the_torch_layout(tmp_path, record):
     assert {"model.safetensors", "config.json", "optimizer.pt", "optimizer.rank-0.pt", "rng.pt",
             "stream_state.json", "scheduler.json"} <= {p.name for p in step2.iterdir()}
     weights = load_file(step2 / "model.safetensors")
-    from fm9g.backends.models import build_model
+    from fm9g.backends.models.build import build_model
 
     plain = build_model({"preset": "small-qwen2"}).state_dict()
     assert weights.keys() == plain.keys()
@@ -150,7 +151,7 @@ def test_opendelta_lora_on_bmtrain_saves_seed_keys_resumes_and_learns(tmp_path, 
     """The seed's pairing: OpenDelta LoRA on BMTrain. LoRA goes in before the ZeRO wrapper, so
     OpenDelta's plain ``hf`` modules are what BMTrain shards (``backend='bmt'`` is for models
     built from ``bmt`` layers, which fm9g does not use)."""
-    from fm9g.backends.opendelta_compat import import_opendelta
+    from fm9g.backends.lora.opendelta_bridge import import_opendelta
 
     import_opendelta()
     delta = ('delta={"engine": "opendelta", "lora_r": 8, "lora_alpha": 16, "save_format": "opendelta"}')
@@ -177,7 +178,7 @@ def test_offload_and_block_checkpointing_match_the_gpu_optimizer(tmp_path, recor
 
 
 def test_checkpoint_blocks_recomputes_only_the_first_blocks_and_changes_no_loss(tmp_path, monkeypatch, record):
-    from fm9g.backends import bmtrain_training
+    from fm9g.backends.bmtrain_backend import training as bmtrain_training
 
     flags = []
     real = bmtrain_training.set_block_checkpointing

@@ -15,15 +15,15 @@ import pytest
 
 pytest.importorskip("liger_kernel")
 
-from fm9g.backends.logging import read_log  # noqa: E402
+from fm9g.backends.training.metrics import read_log  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 COMPARE = r"""
 import json, sys, torch
-from fm9g.backends.kernels import apply_kernels
-from fm9g.backends.loss import token_loss
-from fm9g.backends.models import build_model
+from fm9g.backends.models.kernels import apply_kernels
+from fm9g.backends.training.loss import token_loss
+from fm9g.backends.models.build import build_model
 
 preset, dtype = sys.argv[1], sys.argv[2]
 device = torch.device("cuda")

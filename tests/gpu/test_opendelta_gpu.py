@@ -19,7 +19,7 @@ OPTIONS = {"method": "lora", "lora_layer": ["project_q", "project_k", "project_v
 def tiny_model():
     from transformers import AutoModelForCausalLM
 
-    from fm9g.backends.presets import preset_config
+    from fm9g.backends.models.presets import preset_config
 
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(preset_config("tiny-llama"), dtype=torch.float32)
@@ -46,7 +46,7 @@ def lora_step(model, engine, batch, *, autocast: bool) -> tuple[float, dict[str,
 
 def test_lora_step_bf16_autocast_frozen_base_in_bf16():
     """The torch backend's GPU recipe: frozen base weights bf16, LoRA fp32, bf16 autocast."""
-    from fm9g.backends.opendelta_engine import OpenDeltaEngine
+    from fm9g.backends.lora.opendelta_engine import OpenDeltaEngine
 
     engine = OpenDeltaEngine()
     model = engine.apply(tiny_model().cuda(), OPTIONS)
@@ -66,8 +66,8 @@ def test_lora_step_bf16_autocast_frozen_base_in_bf16():
 
 def test_lora_step_all_bf16_matches_peft():
     """Whole model in bf16 (``model.dtype: bfloat16``): same loss as the peft engine, LoRA tensors in bf16."""
-    from fm9g.backends.opendelta_engine import OpenDeltaEngine
-    from fm9g.backends.peft_engine import PeftEngine
+    from fm9g.backends.lora.opendelta_engine import OpenDeltaEngine
+    from fm9g.backends.lora.peft_engine import PeftEngine
 
     engine = OpenDeltaEngine()
     base = tiny_model()

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from backend_helpers import list_stream_factory
-from fm9g.backends.logging import read_log
-from fm9g.backends.run_context import RunContext
-from fm9g.backends.torch_backend import TorchBackend
-from fm9g.backends.train_config import load_train_config
+from fm9g.backends.training.metrics import read_log
+from fm9g.backends.training.run import RunContext
+from fm9g.backends.training.resume import ResumePoint
+from fm9g.backends.torch_backend.plugin import TorchBackend
+from fm9g.backends.training.config import load_train_config
 
 pytestmark = pytest.mark.gpu
 
@@ -59,7 +60,7 @@ def test_resume_is_exact_on_cuda(tmp_path):
     config = load_train_config(None, ["data.manifest=unused.json", "model.preset=small-qwen2",
                                       f"save={tmp_path / 'b' / 'run'}", "train_iters=12", "save_iters=6",
                                       "batch_size=4", "max_length=256", "lr=3e-3", "warmup_iters=2"])
-    TorchBackend().train(config, RunContext(resume=tmp_path / "b" / "run" / "step-00000006",
+    TorchBackend().train(config, RunContext(resume=ResumePoint.open(tmp_path / "b" / "run" / "step-00000006"),
                                             stream_factory=list_stream_factory(40, seed=1), show_progress=False))
     resumed = read_log(tmp_path / "b" / "run" / "train_log.jsonl")
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole[6:]], rel=1e-3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from backend_helpers import make_batches
-from fm9g.backends.attention import block_causal_mask, cuda_kernel, varlen_attention_forward
-from fm9g.backends.loss import token_loss
-from fm9g.backends.models import build_model
+from fm9g.backends.models.attention import block_causal_mask, cuda_kernel, varlen_attention_forward
+from fm9g.backends.training.loss import token_loss
+from fm9g.backends.models.build import build_model
 
 pytestmark = pytest.mark.gpu
 

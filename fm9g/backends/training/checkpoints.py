@@ -1,0 +1,274 @@
+"""Training checkpoints: ``<save>/step-<N:08d>/``, written atomically, with every file name defined here.
+
+A checkpoint is assembled in a temporary sibling directory (:func:`fm9g.core.atomic.atomic_directory`)
+and renamed into place; ``checkpoint.json`` is written last, so a directory without a valid one is
+never a checkpoint and ``--resume auto`` takes the latest complete one. Files that several ranks
+write (the bmtrain backend's per-rank optimizer slices) are first written into a staging directory
+all ranks share (:func:`rank_staging`), then moved in by rank 0.
+
+Files (the manifest's ``files`` maps each role to its name): ``checkpoint.json`` (the manifest:
+step, tokens seen, the train config and its hash, backend, weights kind), ``config.json`` (HF
+config), ``model.safetensors`` (full weights, float32, HF names) or the LoRA adapter (PEFT format,
+written by the delta engine), ``optimizer.pt``, ``scheduler.json``, ``rng.pt``, ``stream_state.json``;
+for a LoRA run on a bare preset (random base weights, reproducible from no file) also
+``base_model.safetensors``, the base weights as trained (one file per run, hard-linked into every
+checkpoint), so that ``fm9g export --merge-lora`` and resume on another device need nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fm9g import __version__
+from fm9g.backends.weights.files import load_weights_only
+from fm9g.core.atomic import TMP_MARK, atomic_directory, atomic_path, write_json_atomic
+from fm9g.core.errors import Fm9gError
+from fm9g.core.schemas import schema_problems
+
+FORMAT_VERSION = 1
+MANIFEST = "checkpoint.json"
+HF_CONFIG = "config.json"
+FULL_WEIGHTS = "model.safetensors"
+BASE_WEIGHTS = "base_model.safetensors"
+OPTIMIZER = "optimizer.pt"
+RNG = "rng.pt"
+SCHEDULER = "scheduler.json"
+STREAM_STATE = "stream_state.json"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_RANK_STAGING = ".ranks-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def optimizer_rank_file(rank: int) -> str:
+    """The file holding one rank's optimizer slices (the bmtrain backend's partitioned state)."""
+    return f"optimizer.rank-{rank}.pt"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a resolved train config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def rank_staging(save_dir: str | Path, step: int) -> Path:
+    """The directory every rank writes its own checkpoint files into before rank 0 assembles the checkpoint."""
+    return Path(save_dir) / f"{_RANK_STAGING}{step_dir_name(step)}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, config: dict[str, Any], backend: str,
+                     weights: str, write_files: Callable[[Path], dict[str, str]]) -> Path:
+    """Write checkpoint ``step`` atomically and return its directory.
+
+    ``write_files(directory)`` writes every file but the manifest into the temporary directory and
+    returns ``{role: file name}``; the files are synced, the manifest written last, and the
+    directory renamed into place. An existing checkpoint of the same step is replaced only once
+    the new one is complete.
+    """
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(save_dir / step_dir_name(step), replace=True) as temp:
+        files = write_files(temp)
+        for name in files.values():
+            _fsync(temp / name)
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "tokens_seen": int(tokens_seen),
+                    "config_hash": config_hash(config), "config": config, "backend": backend,
+                    "weights": weights, "files": files, "fm9g_version": __version__}
+        write_json_atomic(temp / MANIFEST, manifest)
+        _fsync(temp)
+    _fsync(save_dir)
+    return save_dir / step_dir_name(step)
+
+
+def write_training_state(directory: Path, *, optimizer: Any, rng: dict[str, Any], scheduler: dict[str, Any],
+                         stream: dict[str, Any], hf_config: Any, base_weights: Path | None) -> dict[str, str]:
+    """The files every checkpoint holds besides the weights; returns ``{role: file name}``.
+
+    ``optimizer`` and ``rng`` are ``torch.save``d (tensors only, so ``weights_only`` loads them);
+    ``base_weights`` (a LoRA run's stored base, :func:`store_base_weights`) is hard-linked in."""
+    torch.save(optimizer, directory / OPTIMIZER)
+    torch.save(rng, directory / RNG)
+    write_json_atomic(directory / SCHEDULER, scheduler)
+    write_json_atomic(directory / STREAM_STATE, stream)
+    hf_config.to_json_file(directory / HF_CONFIG)
+    files = {"optimizer": OPTIMIZER, "rng": RNG, "scheduler": SCHEDULER, "stream_state": STREAM_STATE,
+             "hf_config": HF_CONFIG}
+    if base_weights is not None:
+        _link_or_copy(base_weights, directory / BASE_WEIGHTS)
+        files["base_weights"] = BASE_WEIGHTS
+    return files
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no extra disk for a file every checkpoint shares), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def check_save_dir(save_dir: str | Path, resuming: bool, *, is_main: bool) -> None:
+    """A fresh run needs a save directory without checkpoints; temporaries of killed runs are removed."""
+    save_dir = Path(save_dir)
+    if not resuming and latest_checkpoint(save_dir) is not None:
+        raise Fm9gError("the save directory already holds checkpoints", where=str(save_dir),
+                        fix="resume with --resume auto, or choose another 'save' directory")
+    if is_main:
+        remove_stale_temporaries(save_dir)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The validated ``checkpoint.json`` of a checkpoint directory; a clear error if incomplete."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise Fm9gError(f"not a complete checkpoint (no {MANIFEST})", where=str(directory),
+                        fix="pass a step-NNNNNNNN directory written by fm9g train, or --resume auto")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Fm9gError(f"unreadable checkpoint manifest: {error}", where=str(path)) from None
+    problems = schema_problems(manifest, "checkpoint")
+    if problems:
+        raise Fm9gError(f"invalid checkpoint manifest: {problems[0]}", where=str(path))
+    missing = [name for name in manifest.get("files", {}).values() if not (directory / name).is_file()]
+    if missing:
+        raise Fm9gError(f"checkpoint is missing {', '.join(missing)}", where=str(directory))
+    return manifest
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``save_dir`` (``None`` if there is none)."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return None
+    candidates = sorted(
+        (int(match.group(1)), path) for path in save_dir.iterdir()
+        if path.is_dir() and (match := _STEP_DIR.match(path.name))
+    )
+    for _, path in reversed(candidates):
+        try:
+            read_manifest(path)
+        except Fm9gError:
+            continue
+        return path
+    return None
+
+
+def remove_stale_temporaries(save_dir: str | Path) -> None:
+    """Delete what killed runs left behind: half-assembled checkpoints, rank staging, base-weight temps."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return
+    for pattern in (f".step-*{TMP_MARK}*", f"{_RANK_STAGING}step-*", f".{BASE_WEIGHTS}{TMP_MARK}*"):
+        for path in save_dir.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A JSON file of a checkpoint directory (``stream_state.json``, ``scheduler.json``)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_full_weights(state: dict[str, torch.Tensor], directory: Path) -> dict[str, str]:
+    """Every parameter as float32 in ``model.safetensors`` (shared storage is copied, as safetensors needs)."""
+    from safetensors.torch import save_file
+
+    save_file(float32_tensors(state), str(directory / FULL_WEIGHTS), metadata={"format": "pt"})
+    return {"weights": FULL_WEIGHTS}
+
+
+def float32_tensors(state: dict[str, torch.Tensor], round_to: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Contiguous float32 CPU copies (through ``round_to`` first) of a state dict's floating tensors;
+    tensors sharing storage (tied embeddings) become separate, as safetensors needs."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(round_to).to(torch.float32)
+        tensor = tensor.contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor
+    return tensors
+
+
+def stores_base_weights(config: dict[str, Any]) -> bool:
+    """A LoRA run whose base weights no file reproduces: a preset without ``seed_pt`` (random init)."""
+    model = config["model"]
+    return bool(config["delta"]) and not model.get("hf_path") and not model.get("seed_pt")
+
+
+def store_base_weights(state: dict[str, torch.Tensor], save_dir: str | Path,
+                       dtype: torch.dtype = torch.float32) -> Path:
+    """Write a LoRA run's base weights once, as ``<save>/base_model.safetensors`` (float32, rounded
+    through ``dtype`` first: the precision the frozen base trains in), atomically; return the path."""
+    from safetensors.torch import save_file
+
+    final = Path(save_dir) / BASE_WEIGHTS
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(final) as temp:
+        save_file(float32_tensors(state, round_to=dtype), str(temp), metadata={"format": "pt"})
+    return final
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states, as tensors ``weights_only`` can load."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(path: str | Path, *, rank: int, world_size: int) -> None:
+    """This rank's generator states from a checkpoint's ``rng.pt``; with another world size than the
+    checkpoint's, fresh ones from the run's seed (as at a start)."""
+    rng = load_weights_only(path)
+    ranks = rng.get("ranks", [rng])
+    if len(ranks) == world_size:
+        restore_rng_state(ranks[rank])
+    else:
+        torch.manual_seed(int(rng.get("seed", 0)) + rank)
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(w) for w in python["words"].tolist()), python["gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,132 @@
+"""What a run shows the user: the header, the progress bar, messages, and the step records.
+
+:class:`RunOutput` prints (rank 0 only, so every backend looks the same on the terminal);
+:class:`RunReport` is what the loop reports each step to: the metrics log
+(:mod:`fm9g.backends.training.metrics`) and the progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from fm9g.backends.training.metrics import MetricsLog
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fm9g
+
+    parts = [f"fm9g {fm9g.__version__}"]
+    for name in ("torch", "transformers", "peft"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(parts)
+
+
+def _human(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+@dataclass
+class RunOutput:
+    """The terminal (or log file) a run writes to; the progress bar shows on a terminal or when asked."""
+
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    show_progress: bool | None = None
+
+    def message(self, text: str) -> None:
+        """A line for the user that does not break the progress bar."""
+        tqdm.write(text, file=self.out)
+
+    def progress(self, *, total: int, initial: int = 0) -> Any:
+        """A tqdm bar over optimizer steps (shown on a terminal, or when ``show_progress`` is true)."""
+        show = self.show_progress if self.show_progress is not None else self.out.isatty()
+        return tqdm(total=total, initial=initial, desc="train", unit="step", file=self.out,
+                    disable=not show, dynamic_ncols=True)
+
+    def print_header(self, *, config: dict[str, Any], total_params: int, trainable_params: int, device: str,
+                     world_size: int, task_names: list[str], tokenizer: Any, resumed_from: Path | None,
+                     step: int, precision: str) -> None:
+        """Versions, plugins, model size, trainable parameters and the data plan, before the first step."""
+        model = config["model"]
+        source = model.get("hf_path") or f"preset {model.get('preset')}"
+        if model.get("seed_pt"):
+            source += f" + seed weights {model['seed_pt']}"
+        delta = config.get("delta")
+        delta_text = (f"LoRA via {delta['engine']} (r={delta['lora_r']}, alpha={delta['lora_alpha']}, "
+                      f"layers {','.join(delta['lora_layer'])})" if delta else "none (full fine-tune)")
+        accumulation = config["grad_accum"]
+        batch_tokens = config["batch_size"] * config["max_length"]
+        step_tokens = batch_tokens * world_size * accumulation
+        data = config["data"].get("manifest") or config["data"].get("mixture")
+        lines = [
+            f"fm9g train — {_versions()}",
+            f"  backend   {config['backend']} on {device} × {world_size} process(es), {precision}",
+            f"  model     {source}: {_human(total_params)} parameters, {_human(trainable_params)} trainable",
+            f"  delta     {delta_text}",
+            f"  tokenizer {getattr(tokenizer, 'spec', 'model default')} (vocab {getattr(tokenizer, 'vocab_size', '?')})",
+            f"  data      {data}: tasks {', '.join(task_names)}",
+            f"  plan      {config['train_iters']} steps × {world_size * accumulation} packed batches of "
+            f"{config['batch_size']}×{config['max_length']} = {step_tokens:,} token slots/step "
+            f"({_human(step_tokens * config['train_iters'])} in all)",
+            f"  schedule  {config['lr_scheduler']} lr {config['lr']:g}, warmup {config['warmup_iters']}, "
+            f"wd {config['weight_decay']}, clip {config['clip_grad']}",
+            f"  save      {config['save']} every {config['save_iters'] or config['train_iters']} steps",
+        ]
+        if resumed_from is not None:
+            lines.append(f"  resume    from {resumed_from} (step {step})")
+        print("\n".join(lines), file=self.out, flush=True)
+
+
+class RunReport:
+    """The loop's :class:`~fm9g.backends.training.loop.LoopReport` on rank 0: step records into the
+    metrics log (TensorBoard + JSONL), the progress bar, messages. Closed however the run ends."""
+
+    def __init__(self, output: RunOutput, save_dir: str | Path, *, train_iters: int, resume_step: int):
+        self.output = output
+        self.log = MetricsLog(save_dir, resume_step=resume_step)
+        self.bar = output.progress(total=train_iters, initial=resume_step)
+
+    def step(self, record: dict[str, Any], *, log: bool) -> None:
+        if log:
+            self.log.log_step(record)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}",
+                             tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def message(self, text: str) -> None:
+        self.output.message(text)
+
+    def flush(self, step: int) -> None:
+        self.log.flush(step)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+class SilentReport:
+    """The report of ranks other than 0: nothing is written or shown."""
+
+    def step(self, record: dict[str, Any], *, log: bool) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def flush(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

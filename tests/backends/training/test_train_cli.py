@@ -1,0 +1,97 @@
+"""``fm9g train`` as a real subprocess on a real mixture: outputs, TensorBoard tags, SIGKILL + exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from backend_helpers import fm9g_command, run_fm9g, write_train_config
+from fm9g.backends.training.checkpoints import read_manifest
+from fm9g.backends.training.metrics import read_log
+from fm9g.core.schemas import schema_problems
+
+
+def test_train_writes_checkpoints_logs_and_tensorboard(mixture, tmp_path):
+    config = write_train_config(tmp_path, mixture / "mix.json")
+    result = run_fm9g("train", "--config", str(config), "train_iters=6", "save_iters=3", "inspect_iters=3")
+    assert result.returncode == 0, result.stderr
+    for text in ("fm9g train", "torch", "transformers", "preset tiny-llama", "trainable", "tasks chat, book",
+                 "6 steps", "step 3: loss"):
+        assert text in result.stderr
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-00000003", "step-00000006"]
+    manifest = read_manifest(run / "step-00000006")
+    assert schema_problems(manifest, "checkpoint") == []
+    assert manifest["step"] == 6 and manifest["weights"] == "full" and manifest["config"]["save"] == str(run)
+    assert manifest["config"]["data"]["manifest"] == str(mixture / "mix.json")  # resolved against the config file
+    weights = load_file(run / "step-00000006" / "model.safetensors")
+    assert "model.layers.0.self_attn.q_proj.weight" in weights and weights["lm_head.weight"].dtype == torch.float32
+    stream_state = json.loads((run / "step-00000006" / "stream_state.json").read_text())
+    assert stream_state  # the mixer's JSON state
+
+    log = read_log(run / "train_log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[0]["lr"] == pytest.approx(1e-3)  # warmup's first step is not lr=0
+    assert sum(r["tokens"] for r in log) == manifest["tokens_seen"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"Loss/train", "Loss/train/chat", "Loss/train/book", "Optimizer/lr", "Optimizer/scale",
+            "Optimizer/grad_norm", "Throughput/tokens_per_s"} <= tags
+    losses = events.Scalars("Loss/train")
+    assert [e.step for e in losses] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in log], rel=1e-6)
+    chat = [(r["step"], r["task_loss"]["chat"]) for r in log if "chat" in r["task_loss"]]
+    logged = events.Scalars("Loss/train/chat")
+    assert chat and [e.step for e in logged] == [step for step, _ in chat]
+    assert [e.value for e in logged] == pytest.approx([value for _, value in chat], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_equals_uninterrupted_run(mixture, tmp_path):
+    steps, every = 12, 3
+    whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
+    whole_dir.mkdir()
+    killed_dir.mkdir()
+    overrides = [f"train_iters={steps}", f"save_iters={every}"]
+    whole = run_fm9g("train", "--config", str(write_train_config(whole_dir, mixture / "mix.json")), *overrides)
+    assert whole.returncode == 0, whole.stderr
+
+    config = write_train_config(killed_dir, mixture / "mix.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(fm9g_command("train", "--config", str(config), *overrides), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = killed_dir / "run" / "step-00000003" / "checkpoint.json"
+    deadline = time.monotonic() + 240
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert not (killed_dir / "run" / f"step-{steps:08d}").exists(), "the run finished before it was killed"
+
+    resumed = run_fm9g("train", "--config", str(config), *overrides, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume    from" in resumed.stderr
+
+    whole_log = read_log(whole_dir / "run" / "train_log.jsonl")
+    resumed_log = read_log(killed_dir / "run" / "train_log.jsonl")
+    assert [r["step"] for r in resumed_log] == list(range(1, steps + 1))
+    assert [r["loss"] for r in resumed_log] == [r["loss"] for r in whole_log]
+    assert [r["tokens"] for r in resumed_log] == [r["tokens"] for r in whole_log]
+    final = f"step-{steps:08d}"
+    a = load_file(whole_dir / "run" / final / "model.safetensors")
+    b = load_file(killed_dir / "run" / final / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((killed_dir / "run").glob(".tmp-*"))
+    events = EventAccumulator(str(killed_dir / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("Loss/train")] == list(range(1, steps + 1))
