@@ -3,7 +3,7 @@
 
 Data: ChatML alpaca + medical-o1 records from ``make_corpus.py`` (SFT-like lengths), indexed and
 mixed by fm9g (``fm9g.index.builder`` + ``MixtureStream``, the corpus's BPE tokenizer). fm9g trains
-on the packed rows with its own step (``fm9g.backends.loop.train_step``: varlen attention, token-mean
+on the packed rows with its own step (``fm9g.backends.training.loop.Trainer.step``: varlen attention, token-mean
 loss) — on the torch backend (fp32 master + bf16 autocast, fused AdamW) and on the bmtrain backend
 (BMTrain ZeRO-3 blocks, bf16 params + fp32 master in ``bmt.optim.AdamOptimizer``, the backend's own
 ``BmtOptimization``). The baseline gets the *same samples in the same order* (cut out of the packed

@@ -3,6 +3,7 @@ timed over the same data (see the docstring of ``train_bench.py`` for what they 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 
@@ -124,50 +125,52 @@ def _train_mode(model, device, use_checkpoint: bool):
 
 
 def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    from fm9g.backends.training.batches import to_device
-    from fm9g.backends.models.kernels import apply_kernels
-    from fm9g.backends.training.loop import train_step
-    from fm9g.backends.models.build import build_model
     from fm9g.backends.lora.peft_engine import PeftEngine
+    from fm9g.backends.models.build import build_model
+    from fm9g.backends.models.kernels import apply_kernels
     from fm9g.backends.torch_backend.training import set_dtypes
+    from fm9g.backends.training.batches import to_device
+    from fm9g.backends.training.collectives import TorchDistributed
+    from fm9g.backends.training.loop import TorchOptimization, Trainer
 
     reset_memory(device)
     model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
     apply_kernels(model, knobs.kernels, device)
     if scenario["lora"]:
         model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
-    config = {"model": {"dtype": "auto"}}
-    set_dtypes(model, config, device, scenario["lora"])
+    set_dtypes(model, {"model": {"dtype": "auto"}, "delta": scenario["lora"]}, device)
     params, _, optimizer = _train_mode(model, device, use_checkpoint)
     autocast = torch.bfloat16 if device.type == "cuda" else None
+    trainer = Trainer(model, TorchOptimization(model, optimizer), TorchDistributed(), ["a", "b"], clip_grad=1.0,
+                      autocast_dtype=autocast)
 
     def step(group, optimization=None):
-        train_step(model, optimizer, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
-                   task_names=["a", "b"], autocast_dtype=autocast, optimization=optimization)
+        stepper = trainer if optimization is None else dataclasses.replace(trainer, optimization=optimization)
+        stepper.step([to_device(b, device) for b in group], lr=1e-5)
         return _row_counts(group)
 
     groups = grouped(batches, knobs.grad_accum)
     result = _timed(step, groups, warmup, device)
     result.update(peak_gib=peak_gib(device), params=params)
     if knobs.profile:
-        from fm9g.backends.training.loop import TorchOptimization
-
-        _profile(step, TorchOptimization(model, optimizer), groups[-1], device, "torch")
+        _profile(step, trainer.optimization, groups[-1], device, "torch")
     del model, optimizer
     return result
 
 
 def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    """The bmtrain backend's model preparation and step (``BmtOptimization`` through ``train_step``);
-    one result per ``--sweep`` point (one point without it)."""
-    from fm9g.backends.bmtrain_backend.runtime import (BmtCollectives, BmtOptimization, import_bmtrain, init_bmtrain,
-                                               make_manager, make_optimizer)
+    """The bmtrain backend's model preparation and step (``BmtOptimization`` through the loop's
+    ``Trainer``); one result per ``--sweep`` point (one point without it)."""
+    from fm9g.backends.bmtrain_backend.checkpoint import named_trainable
+    from fm9g.backends.bmtrain_backend.runtime import (BmtCollectives, BmtOptimization, import_bmtrain,
+                                                       init_bmtrain, make_manager, make_optimizer)
     from fm9g.backends.bmtrain_backend.training import cast_parameters, set_block_checkpointing, wrap_model
-    from fm9g.backends.training.batches import to_device
-    from fm9g.backends.models.kernels import apply_kernels
-    from fm9g.backends.training.loop import train_step
-    from fm9g.backends.models.build import build_model, parameter_counts
     from fm9g.backends.lora.peft_engine import PeftEngine
+    from fm9g.backends.models.build import build_model, parameter_counts
+    from fm9g.backends.models.kernels import apply_kernels
+    from fm9g.backends.training.batches import to_device
+    from fm9g.backends.training.loop import Trainer
+    from fm9g.core.plugins import get_plugin, validate_options
 
     bmt = import_bmtrain()
     init_bmtrain(bmt, 0)
@@ -182,14 +185,16 @@ def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, k
     params = parameter_counts(model)[0]
     model = wrap_model(bmt, model, use_checkpoint=use_checkpoint, checkpoint_blocks=knobs.checkpoint_blocks)
     print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
-    optimizer = make_optimizer(bmt, [p for p in model.parameters() if p.requires_grad], offload=False,
-                               lr=1e-5, weight_decay=0.1)
+    named = named_trainable(model)
+    optimizer = make_optimizer(bmt, [p for _, p in named], offload=False, lr=1e-5, weight_decay=0.1)
+    options = validate_options(get_plugin("backend", "bmtrain"), {}, where="train_bench")  # the defaults
     collectives = BmtCollectives(bmt)
-    optimization = BmtOptimization(make_manager(bmt, optimizer, {}), optimizer, collectives)
+    optimization = BmtOptimization(make_manager(bmt, optimizer, options), optimizer, collectives, named)
+    trainer = Trainer(model, optimization, collectives, ["a", "b"], clip_grad=1.0)
 
     def step(group, timed_optimization=None):
-        train_step(model, None, [to_device(b, device) for b in group], lr=1e-5, clip_grad=1.0,
-                   task_names=["a", "b"], optimization=timed_optimization or optimization, collectives=collectives)
+        stepper = trainer if timed_optimization is None else dataclasses.replace(trainer, optimization=timed_optimization)
+        stepper.step([to_device(b, device) for b in group], lr=1e-5)
         return _row_counts(group)
 
     results = []

@@ -5,7 +5,7 @@
 # datasets, scipy, ...), so OpenDelta itself goes in without its declared dependencies, and only the
 # packages that `import opendelta` really loads are installed: web.py and pyyaml (the same list as
 # the `opendelta` extra in pyproject.toml). What still breaks on current transformers is bridged at
-# run time by fm9g/backends/opendelta_compat.py (docs/opendelta.md).
+# run time by fm9g/backends/lora/opendelta_bridge.py (docs/opendelta.md).
 #
 # Usage: scripts/install_opendelta.sh [extra pip options, e.g. --no-index --find-links WHEELS_DIR]
 # PYTHON selects the interpreter (default: python). After it, pip reports OpenDelta's unmet declared

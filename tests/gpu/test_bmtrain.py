@@ -39,8 +39,9 @@ def _config(save, *extra, preset="small-qwen2"):
 
 
 def _train(backend, save, *extra, resume=None, preset="small-qwen2"):
-    config = _config(save, *extra, preset=preset)
-    backend().train(config, RunContext(resume=ResumePoint.open(resume) if resume else None, stream_factory=list_stream_factory(40, seed=1),
+    config = _config(save, f"backend={backend.name}", *extra, preset=preset)
+    resume_point = ResumePoint.open(resume) if resume else None
+    backend().train(config, RunContext(resume=resume_point, stream_factory=list_stream_factory(40, seed=1),
                                        show_progress=False))
     return read_log(save / "train_log.jsonl")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fm9g.backends.weights.files import SAFETENSORS_FILE, SAFETENSORS_INDEX
 from fm9g.core.atomic import atomic_directory
 from fm9g.core.errors import Fm9gError
 
@@ -103,9 +104,9 @@ def save_model_dir(model, out: Path, *, max_shard_size: str | int, special_ids: 
             setattr(model.config, key, value)
     model.save_pretrained(out, max_shard_size=max_shard_size)
     for stale in out.glob("*.index.json"):
-        if stale.name != "model.safetensors.index.json":
+        if stale.name != SAFETENSORS_INDEX:
             stale.unlink()
-    if not (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").is_file():
+    if not (out / SAFETENSORS_FILE).is_file() and not (out / SAFETENSORS_INDEX).is_file():
         raise Fm9gError("save_pretrained wrote no safetensors weights", where=str(out),
                         fix="report this as a bug in fm9g")
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import fm9g
 from fm9g.backends.lora.adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, OPENDELTA_WEIGHTS, OPTIONS_SCHEMA,
-                                        lora_hyper, peft_lora_config, target_modules)
+                                        lora_hyper, peft_lora_config, target_modules, with_defaults)
 from fm9g.backends.lora.opendelta_bridge import import_opendelta
 from fm9g.backends.weights.files import load_weights_only
 from fm9g.backends.weights.names import OPENDELTA_KEYS, PEFT_KEYS, convert_lora, hf_path_to_seed, seed_path_to_hf
@@ -101,7 +101,7 @@ class OpenDeltaEngine:
         name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
         peft_lora_config(lora, targets, name_or_path).save_pretrained(str(directory))
         files = {"adapter": ADAPTER_WEIGHTS, "adapter_config": ADAPTER_CONFIG}
-        if lora.get("save_format") == "opendelta":
+        if with_defaults(lora)["save_format"] == "opendelta":
             torch.save(convert_lora(tensors, OPENDELTA_KEYS, OPENDELTA_KEYS, rename=hf_path_to_seed, where=where),
                        directory / OPENDELTA_WEIGHTS)
             files["opendelta"] = OPENDELTA_WEIGHTS

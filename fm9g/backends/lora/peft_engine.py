@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import fm9g
 from fm9g.backends.lora.adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, OPENDELTA_WEIGHTS, OPTIONS_SCHEMA,
-                                        lora_hyper, target_modules)
+                                        lora_hyper, target_modules, with_defaults)
 from fm9g.backends.weights.names import OPENDELTA_KEYS, PEFT_KEYS, convert_lora, hf_path_to_seed
 from fm9g.core.errors import Fm9gError
 
@@ -55,7 +55,7 @@ class PeftEngine:
             state_dict = {k: v.detach().to("cpu", torch.float32) for k, v in state_dict.items()}
         model.save_pretrained(str(directory), state_dict=state_dict, save_embedding_layers=False)
         files = {"adapter": ADAPTER_WEIGHTS, "adapter_config": ADAPTER_CONFIG}
-        if lora.get("save_format") == "opendelta":
+        if with_defaults(lora)["save_format"] == "opendelta":
             adapter = get_peft_model_state_dict(model, state_dict=state_dict, save_embedding_layers=False)
             seed_keyed = convert_lora(adapter, PEFT_KEYS, OPENDELTA_KEYS, rename=hf_path_to_seed,
                                       where="the trained adapter")

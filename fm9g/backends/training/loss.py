@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from fm9g.mixer.samples import IGNORE_INDEX
 
 
 @dataclass

@@ -49,7 +49,7 @@ def schedule_from_config(config: dict) -> "Schedule":
     """The schedule a resolved train config describes."""
     return Schedule(lr=config["lr"], lr_scheduler=config["lr_scheduler"], warmup_iters=config["warmup_iters"],
                     train_iters=config["train_iters"], drop_iters=config["drop_iters"],
-                    min_lr_ratio=config.get("min_lr_ratio", 0.1))
+                    min_lr_ratio=config["min_lr_ratio"])
 
 
 class Schedule:

@@ -45,6 +45,19 @@ class RunContext:
     def output(self) -> RunOutput:
         return RunOutput(self.out, self.show_progress)
 
+    def open_stream(self, config: dict[str, Any], *, rank: int, world_size: int) -> Any:
+        """This rank's packed-batch stream, at the resume point's stream state when resuming."""
+        state = self.resume.stream_state() if self.resume is not None else None
+        return (self.stream_factory or open_stream)(config, rank=rank, world_size=world_size, state=state)
+
+    def progress(self, *, total: int, initial: int = 0) -> Any:
+        """A progress bar over optimizer steps (see :meth:`RunOutput.progress`)."""
+        return self.output.progress(total=total, initial=initial)
+
+    def message(self, text: str) -> None:
+        """A line for the user that does not break the progress bar."""
+        self.output.message(text)
+
 
 @dataclass
 class RunDescription:
@@ -156,8 +169,7 @@ def train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy
     comm, resume = strategy.collectives, context.resume
     checkpoints.check_save_dir(config["save"], resume is not None, is_main=comm.is_main)
     comm.barrier()
-    stream = (context.stream_factory or open_stream)(config, rank=comm.rank, world_size=comm.world_size,
-                                                     state=resume.stream_state() if resume else None)
+    stream = context.open_stream(config, rank=comm.rank, world_size=comm.world_size)
     report: Any = SilentReport()
     try:
         tokenizer = stream_tokenizer(stream, config)
@@ -185,7 +197,7 @@ def train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy
                 device=description.device, world_size=comm.world_size, task_names=task_names, tokenizer=tokenizer,
                 resumed_from=resume.directory if resume else None, step=state.step, precision=description.precision)
             for note in description.notes:
-                context.output.message(f"note: {note}")
+                context.message(f"note: {note}")
             report = RunReport(context.output, config["save"], train_iters=config["train_iters"],
                                resume_step=state.step)
         trainer = Trainer(model, optimization, comm, task_names, config["clip_grad"], description.autocast)

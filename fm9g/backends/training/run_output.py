@@ -63,7 +63,7 @@ class RunOutput:
         source = model.get("hf_path") or f"preset {model.get('preset')}"
         if model.get("seed_pt"):
             source += f" + seed weights {model['seed_pt']}"
-        delta = config.get("delta")
+        delta = config["delta"]
         delta_text = (f"LoRA via {delta['engine']} (r={delta['lora_r']}, alpha={delta['lora_alpha']}, "
                       f"layers {','.join(delta['lora_layer'])})" if delta else "none (full fine-tune)")
         accumulation = config["grad_accum"]
