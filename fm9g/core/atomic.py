@@ -21,6 +21,8 @@ from typing import IO, Any
 from fm9g.core.errors import Fm9gError
 
 TMP_MARK = ".fm9g-tmp-"
+OUTPUT_MARKER = ".fm9g-output"
+"""A file in every directory :class:`PendingDirectory` publishes: what ``--force`` may replace."""
 
 
 def temp_sibling(path: Path) -> Path:
@@ -66,6 +68,8 @@ class PendingDirectory:
         remove_stale_temps(self.final)
         self.path = temp_sibling(self.final)
         self.path.mkdir()
+        (self.path / OUTPUT_MARKER).write_text("written by fm9g; --force may replace this directory\n",
+                                                encoding="utf-8")
 
     def publish(self) -> Path:
         """Rename the temp directory to ``final``; an existing ``final`` is replaced whole only when
@@ -83,6 +87,24 @@ class PendingDirectory:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike[str], *, option: str = "--force") -> None:
+    """Refuse to let ``option`` replace a directory fm9g did not write.
+
+    ``--force`` deletes what is there, so it may replace only an empty directory, a file, or a
+    directory holding :data:`OUTPUT_MARKER` (every directory fm9g publishes holds one) — never the
+    current directory, one of its parents, or the home directory."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if resolved == cwd or cwd.is_relative_to(resolved) or resolved == Path.home().resolve():
+        raise Fm9gError(f"{option} would delete {resolved}, which holds the current or home directory",
+                        where=str(path), fix="name a new directory for the output")
+    if any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
+        raise Fm9gError(f"{option} replaces only directories fm9g wrote, and this one has no {OUTPUT_MARKER}",
+                        where=str(path), fix="choose a new output directory, or delete this one yourself")
 
 
 @contextlib.contextmanager

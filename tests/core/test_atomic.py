@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from fm9g.core.atomic import (
-    PendingDirectory, atomic_directory, atomic_file, remove_stale_temps, temp_sibling, write_json_atomic,
+    OUTPUT_MARKER,
+    PendingDirectory,
+    atomic_directory,
+    atomic_file,
+    check_replaceable,
+    remove_stale_temps,
+    temp_sibling,
+    write_json_atomic,
     write_text_atomic,
 )
 from fm9g.core.errors import Fm9gError
@@ -72,8 +79,30 @@ def test_directory_appears_whole_or_not_at_all(tmp_path: Path, umask_022: None) 
     assert (final / "a").read_text() == "first" and _mode(final) == 0o755
     with atomic_directory(final, replace=True) as temp:
         (temp / "b").write_text("second")
-    assert sorted(path.name for path in final.iterdir()) == ["b"]
+    assert sorted(path.name for path in final.iterdir()) == [OUTPUT_MARKER, "b"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_replaces_only_what_fm9g_wrote(tmp_path: Path, monkeypatch) -> None:
+    made = tmp_path / "made"
+    with atomic_directory(made, replace=False) as temp:
+        (temp / "a").write_text("x")
+    check_replaceable(made)  # fm9g wrote it
+    check_replaceable(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    check_replaceable(tmp_path / "file")
+    foreign = tmp_path / "work"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(Fm9gError, match="only directories fm9g wrote"):
+        check_replaceable(foreign)
+    monkeypatch.chdir(made)
+    with pytest.raises(Fm9gError, match="holds the current or home directory"):
+        check_replaceable(Path("."))
+    with pytest.raises(Fm9gError, match="holds the current or home directory"):
+        check_replaceable(tmp_path)
 
 
 def test_directory_that_appeared_meanwhile_is_kept_without_replace(tmp_path: Path) -> None:

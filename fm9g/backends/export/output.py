@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fm9g.backends.weights.files import SAFETENSORS_FILE, SAFETENSORS_INDEX
-from fm9g.core.atomic import atomic_directory
+from fm9g.core.atomic import OUTPUT_MARKER, atomic_directory, check_replaceable
 from fm9g.core.errors import Fm9gError
 
 DTYPES = ("keep", "float32", "bfloat16", "float16")
@@ -30,7 +30,7 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
     def files(self) -> list[str]:
-        return sorted(path.name for path in self.output.iterdir())
+        return sorted(path.name for path in self.output.iterdir() if path.name != OUTPUT_MARKER)
 
 
 def refuse_nested(output: Path, inputs: Iterable[Path]) -> None:
@@ -47,7 +47,10 @@ def refuse_nested(output: Path, inputs: Iterable[Path]) -> None:
 
 
 def check_output_free(output: Path, force: bool) -> None:
-    """A non-empty output (or an existing file) is refused unless ``force``."""
+    """A non-empty output (or an existing file) is refused unless ``force``; ``force`` replaces only
+    what fm9g wrote (:func:`fm9g.core.atomic.check_replaceable`)."""
+    if force:
+        check_replaceable(output)
     if output.is_file() and not force:
         raise Fm9gError("output exists", where=str(output), fix="pass --force to replace it, or choose another path")
     if output.is_dir() and any(output.iterdir()) and not force:

@@ -46,7 +46,7 @@ def _cli_error(capsys, *argv: str) -> str:
 def test_pt2hf_hf2pt_round_trip_is_bit_identical(tmp_path: Path, seed_pt: Path) -> None:
     hf_dir, back = tmp_path / "hf", tmp_path / "back.pt"
     assert main(["convert", "pt2hf", "--input", str(seed_pt), "--preset", "tiny-qwen2", "--output", str(hf_dir)]) == 0
-    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in hf_dir.iterdir()) == [".fm9g-output", "config.json", "generation_config.json", "model.safetensors"]
     assert main(["convert", "hf2pt", "--input", str(hf_dir), "--output", str(back)]) == 0
     original = torch.load(seed_pt, weights_only=True)
     _assert_same_tensors(original, torch.load(back, weights_only=True))
@@ -153,8 +153,14 @@ def test_output_placement_and_force(tmp_path: Path, seed_pt: Path, capsys) -> No
     (hf_dir / "model.safetensors.index.json").write_text('{"weight_map": {"x": "model-00001-of-00009.safetensors"}}')
     (hf_dir / "model-00001-of-00009.safetensors").write_bytes(b"stale")
     assert main([*args, "--force"]) == 0
-    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in hf_dir.iterdir()) == [".fm9g-output", "config.json", "generation_config.json",
+                                                       "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]
+    foreign = tmp_path / "notes"  # --force replaces only what fm9g wrote
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    assert "only directories fm9g wrote" in _cli_error(capsys, *args[:-1], str(foreign), "--force")
+    assert (foreign / "todo.txt").read_text() == "mine"
     pt_out = tmp_path / "out.pt"
     pt_out.write_bytes(b"old")
     assert "output exists" in _cli_error(capsys, "convert", "hf2pt", "--input", str(hf_dir), "--output", str(pt_out))

@@ -59,7 +59,7 @@ def test_full_export_loads_generates_and_gives_the_same_logits(tmp_path: Path, f
     done = run_cli("export", "--checkpoint", str(full_checkpoint), "--output", str(out))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        ".fm9g-output", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert "byte" in done.stderr
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert torch.equal(logits(loaded), logits(_from_checkpoint(full_checkpoint)))
