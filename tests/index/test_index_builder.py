@@ -27,7 +27,8 @@ def test_cli_builds_seed_compatible_directory(tmp_path: Path, records: list[dict
                       "--language", "zh", check=True)
     assert "indexed 5 lines" in result.stdout
     out = tmp_path / "idx"
-    assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "index", "index.h5", "meta.json"]
+    # the seed's four files, plus the marker that lets --force replace what fm9g wrote
+    assert sorted(p.name for p in out.iterdir()) == [".fm9g-output", "data.jsonl", "index", "index.h5", "meta.json"]
     assert (out / "data.jsonl").read_bytes() == source.read_bytes()
     assert (out / "index").read_bytes() == seed_index_text(out / "data.jsonl")
     assert seed_read_all(out) == records
