@@ -3,8 +3,10 @@
 ``IndexedDataset(path)`` memory-maps the offsets from ``index.h5`` (or parses the text ``index``
 when there is no HDF5 file), so opening is cheap and ``ds[i]`` is one ``pread``. The constructor
 checks that the index matches ``data.jsonl`` (the last offset equals the file size; line counts
-agree with ``meta.json``); :meth:`IndexedDataset.verify` also checks the checksum and every line
-boundary.
+agree with ``meta.json``) and, when ``meta.json`` records a ``data_checksum``, that ``data.jsonl`` still hashes
+to it (:mod:`fm9g.index.checksum`: remembered per file, so re-opening an unchanged file is one
+``stat``; ``FM9G_SKIP_DATA_CHECKSUM=1`` skips it). :meth:`IndexedDataset.verify` also hashes
+every time and checks every line boundary.
 
 Seed directories are read as they are: only ``index``; ``index.h5`` with only ``index``; a seed
 ``meta.json`` (or none). Some versions of the seed's ``convert_json2index.py`` wrote only the end
@@ -13,7 +15,6 @@ offset of each line (nlines numbers, no leading 0); such an index is recognised 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import os
@@ -24,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from fm9g.core.errors import Fm9gError
+from fm9g.index.checksum import check_data_checksum, checksum
 from fm9g.index.format import DATA_FILE, INDEX_H5_FILE, INDEX_TEXT_FILE, META_FILE
 
-_HASH_BLOCK = 8 << 20
+__all__ = ["IndexedDataset", "checksum"]
 
 
 def _rebuild_fix(path: Path) -> str:
@@ -40,10 +42,12 @@ class IndexedDataset:
         self.path = Path(path)
         self._fd: int | None = None
         self._fd_pid: int | None = None
-        self._open()
+        self._open(check_checksum=True)
 
     # ------------------------------------------------------------------ opening and checks
-    def _open(self) -> None:
+    def _open(self, *, check_checksum: bool) -> None:
+        """Load the offsets and check them against the data; ``check_checksum`` also hashes the data
+        (left out when a worker process unpickles a dataset its parent opened and checked)."""
         path = self.path
         if not path.is_dir():
             raise Fm9gError("indexed dataset directory not found", where=str(path),
@@ -69,6 +73,9 @@ class IndexedDataset:
         self._check_size()
         if h5_path.is_file() and text_path.is_file():
             self._check_text_agrees(text_path)
+        expected = self.meta.get("data_checksum")
+        if check_checksum and expected:
+            check_data_checksum(self.data_path, str(expected), path / META_FILE, _rebuild_fix(path))
 
     def _read_meta(self) -> dict[str, Any]:
         meta_path = self.path / META_FILE
@@ -225,10 +232,8 @@ class IndexedDataset:
                                 where=f"{self.data_path}:{bad}", fix=_rebuild_fix(self.path))
         expected = self.meta.get("data_checksum")
         if expected:
-            actual = checksum(self.data_path, str(expected).split(":", 1)[0])
-            if actual != expected:
-                raise Fm9gError(f"{DATA_FILE} checksum is {actual}, meta.json recorded {expected}: the data "
-                                "was modified after indexing", where=str(self.data_path), fix=_rebuild_fix(self.path))
+            check_data_checksum(self.data_path, str(expected), self.path / META_FILE, _rebuild_fix(self.path),
+                                always=True)
 
     # ------------------------------------------------------------------ pickling (worker processes)
     def __getstate__(self) -> dict[str, Any]:
@@ -238,7 +243,7 @@ class IndexedDataset:
         self.path = Path(state["path"])
         self._fd = None
         self._fd_pid = None
-        self._open()
+        self._open(check_checksum=False)
 
     def close(self) -> None:
         if self._fd is not None and self._fd_pid == os.getpid():
@@ -254,14 +259,3 @@ class IndexedDataset:
     def __repr__(self) -> str:
         return f"IndexedDataset({str(self.path)!r}, {len(self)} lines)"
 
-
-def checksum(path: str | os.PathLike[str], algorithm: str = "blake2b") -> str:
-    """``"blake2b:<hex>"`` of a file, read in 8 MiB blocks."""
-    if algorithm != "blake2b":
-        digest = hashlib.new(algorithm)
-    else:
-        digest = hashlib.blake2b()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return f"{algorithm}:{digest.hexdigest()}"
