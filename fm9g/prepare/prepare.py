@@ -7,13 +7,22 @@ line. ``--split test=F --seed S`` reproduces the seed's ``datasets`` call
 each in permutation order; the adapter's filters (e.g. medical-o1's language) apply after the split,
 as in the seed's script. To do that without holding records in memory, adapter results are staged
 on disk (one line per raw item) and read back in permutation order through their offsets.
-``train.jsonl`` and ``test.jsonl`` are renamed into place only once both are written, and the
-report after them, so an interrupted run leaves the previous outputs (or none).
+
+The output directory (``train.jsonl``, ``test.jsonl``, ``prepare_report.json``) is built under a
+temporary name and published by one directory rename (:func:`fm9g.core.atomic.atomic_directory`),
+so a killed ``--force`` run leaves the previous run's files or the new ones (or, killed between
+the two renames that swap them, none), never a mix: a new train split beside the old test split
+would put test rows into training. Hence ``--output``
+names a directory of its own; ``--force`` replaces only a directory fm9g wrote.
+
+A run that keeps no record fails, naming the adapters that fit the data
+(:mod:`fm9g.prepare.diagnose`). A record holding a lone surrogate (JSON ``"\\ud800"``, which
+Python reads but UTF-8 cannot hold and ``fm9g index`` rejects) is dropped and counted as
+``lone_surrogate``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,17 +35,18 @@ from typing import IO, Any
 import numpy as np
 
 from fm9g import __version__
-from fm9g.core.atomic import atomic_file, remove_stale_temps, temp_sibling, write_json_atomic
+from fm9g.core.atomic import atomic_directory, check_replaceable, write_json_atomic
 from fm9g.core.errors import Fm9gError
 from fm9g.core.plugins import registry, validate_options
 from fm9g.core.protocols import Skipped
+from fm9g.prepare.diagnose import check_not_compressed, no_records_error
 from fm9g.prepare.raw_input import ReadFailure, iter_json, iter_text_lines
 
 TRAIN_FILE = "train.jsonl"
 TEST_FILE = "test.jsonl"
 REPORT_FILE = "prepare_report.json"
-STAGING_FILE = "staging.jsonl"
-"""Adapter results, one line per raw item, kept under a hidden temp name only while the split is written."""
+STAGING_FILE = ".staging.jsonl"
+"""Adapter results, one line per raw item, kept in the unpublished directory while the split is written."""
 DEFAULT_SEED = 3014
 """The seed's split seed (``train_test_split(test_size=0.05, seed=3014)``)."""
 
@@ -78,7 +88,7 @@ def split_indices(n: int, test_size: float | int, seed: int) -> tuple[np.ndarray
 def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str], adapter_name: str,
             options: dict[str, Any] | None = None, *, test_size: float | int | None = None,
             seed: int = DEFAULT_SEED, force: bool = False, progress: bool | None = None) -> PrepareResult:
-    """Convert one raw file into records; see the module docstring for the split."""
+    """Convert one raw file into records; see the module docstring for the split and the output."""
     source = Path(input_path)
     output = Path(output_dir)
     info = registry().info("adapter", adapter_name, where="--adapter")
@@ -87,45 +97,24 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
     if not source.is_file():
         raise Fm9gError("input file not found" if not source.exists() else "input is not a file", where=str(source),
                         fix="check the --input path")
-    existing = [path for path in [output / TRAIN_FILE, output / TEST_FILE, output / REPORT_FILE] if path.exists()]
-    if existing and not force:
-        raise Fm9gError(f"{existing[0].name} already exists", where=str(output), fix="pass --force to overwrite")
-    output.mkdir(parents=True, exist_ok=True)
-
-    dropped: Counter = Counter()
-    first_dropped: dict[str, str] = {}
-    remove_stale_temps(output / STAGING_FILE)
-    staging = temp_sibling(output / STAGING_FILE)
-    offsets = array("q", [0])
-    try:
-        items = _items(source, adapter.input_kind, dropped, first_dropped)
-        with open(staging, "wb") as stage, _progress(progress) as bar:
-            position = 0
-            for number, result in enumerate(adapter.records(items, options)):
-                if isinstance(result, Skipped):
-                    dropped[result.reason] += 1
-                    first_dropped.setdefault(result.reason, f"{source} item {number + 1}")
-                    line = b"\n"
-                else:
-                    line = json.dumps(result, ensure_ascii=False).encode("utf-8") + b"\n"
-                stage.write(line)
-                position += len(line)
-                offsets.append(position)
-                bar.update(1)
-        n = len(offsets) - 1
+    check_not_compressed(source)
+    _check_output(source, output, force)
+    with atomic_directory(output, replace=output.exists()) as temp:
+        staging = temp / STAGING_FILE
+        dropped: Counter = Counter()
+        first_dropped: dict[str, str] = {}
+        n, records, offsets = _stage(source, adapter, options, staging, dropped, first_dropped, progress)
         if n == 0 and not dropped:
             raise Fm9gError("the input holds no items", where=str(source), fix="check that it is the right file")
-        kept: dict[str, int] = {}
+        if records == 0:
+            raise no_records_error(source, adapter.name, sum(dropped.values()), dropped)
         outputs = {TRAIN_FILE: None}
         if test_size:
             train, test = split_indices(n, test_size, seed)
             outputs = {TRAIN_FILE: train, TEST_FILE: test}
-        with contextlib.ExitStack() as published:  # every output is renamed into place only if all were written
-            for name, order in outputs.items():
-                target = published.enter_context(atomic_file(output / name))
-                kept[name.split(".")[0]] = _write_in_order(staging, offsets, order, target)
-        if not test_size:
-            (output / TEST_FILE).unlink(missing_ok=True)
+        kept = {name.split(".")[0]: _write_in_order(staging, offsets, order, temp / name)
+                for name, order in outputs.items()}
+        staging.unlink()
         report = {
             "input": str(source),
             "adapter": adapter.name,
@@ -138,10 +127,51 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
             "outputs": sorted(outputs),
             "fm9g_version": __version__,
         }
-        write_json_atomic(output / REPORT_FILE, report)
-    finally:
-        staging.unlink(missing_ok=True)
+        write_json_atomic(temp / REPORT_FILE, report)
     return PrepareResult(report, first_dropped)
+
+
+def _check_output(source: Path, output: Path, force: bool) -> None:
+    """The output directory is replaced whole: it may exist only empty, or with ``--force`` as a
+    directory fm9g wrote; it must not hold the input, the current directory or the home directory."""
+    if output.resolve() in source.resolve().parents:
+        raise Fm9gError(f"the input {source} lies inside the output directory, which prepare replaces whole",
+                        where=str(output), fix="choose an --output directory of its own")
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise Fm9gError("output exists and is not a directory", where=str(output), fix="remove it or choose another --output")
+    if not force and any(output.iterdir()):
+        raise Fm9gError("output directory already exists", where=str(output),
+                        fix="pass --force to replace it (train.jsonl, test.jsonl and the report are written together)")
+    check_replaceable(output, option="--force" if force else "--output")
+
+
+def _stage(source: Path, adapter: Any, options: dict[str, Any], staging: Path, dropped: Counter,
+           first_dropped: dict[str, str], progress: bool | None) -> tuple[int, int, array]:
+    """Run the adapter over the input into ``staging``, one line per raw item (an empty line for a
+    dropped one); return (items, records kept, line offsets). Drops are counted in ``dropped``."""
+    offsets = array("q", [0])
+    records = 0
+    items = _items(source, adapter.input_kind, dropped, first_dropped)
+    with open(staging, "wb") as stage, _progress(progress) as bar:
+        position = 0
+        for number, result in enumerate(adapter.records(items, options)):
+            line = b"\n"
+            if not isinstance(result, Skipped):
+                try:
+                    line = json.dumps(result, ensure_ascii=False).encode("utf-8") + b"\n"
+                    records += 1
+                except UnicodeEncodeError:  # a lone surrogate ("\\ud800"), which fm9g index would reject
+                    result = Skipped("lone_surrogate")
+            if isinstance(result, Skipped):
+                dropped[result.reason] += 1
+                first_dropped.setdefault(result.reason, f"{source} item {number + 1}")
+            stage.write(line)
+            position += len(line)
+            offsets.append(position)
+            bar.update(1)
+    return len(offsets) - 1, records, offsets
 
 
 def _items(source: Path, kind: str, dropped: Counter, first_dropped: dict[str, str]):
@@ -155,8 +185,17 @@ def _items(source: Path, kind: str, dropped: Counter, first_dropped: dict[str, s
         yield item
 
 
-def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, out: IO[bytes]) -> int:
-    """Copy staged records (all in file order, or those of ``order`` in that order); count them."""
+def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, target: Path) -> int:
+    """Write staged records (all in file order, or those of ``order`` in that order) to ``target``,
+    flushed to disk before the directory is published; count them."""
+    with open(target, "wb") as out:
+        written = _copy_in_order(staging, offsets, order, out)
+        out.flush()
+        os.fsync(out.fileno())
+    return written
+
+
+def _copy_in_order(staging: Path, offsets: array, order: np.ndarray | None, out: IO[bytes]) -> int:
     written = 0
     with open(staging, "rb") as stage:
         if order is None:

@@ -116,7 +116,8 @@ def test_existing_outputs_need_force_and_failures_leave_nothing(tmp_path: Path) 
     with pytest.raises(Fm9gError, match="bad.json:1"):
         prepare(bad, tmp_path / "o", "jsonl", force=True, progress=False)
     assert (tmp_path / "o" / "train.jsonl").read_text() == '{"input": "", "output": "one"}\n{"input": "", "output": "two"}\n'
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["prepare_report.json", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".fm9g-output", "prepare_report.json", "train.jsonl"]
+    assert not [p for p in tmp_path.iterdir() if ".fm9g-tmp-" in p.name]
 
 
 @pytest.mark.parametrize("text,expected", [("test=0.05", 0.05), ("0.2", 0.2), ("test=500", 500)])
