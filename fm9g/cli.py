@@ -11,12 +11,14 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
 from fm9g import __version__
-from fm9g.core.errors import Fm9gError
+from fm9g.core.errors import Fm9gError, os_error
 
 
 def _command_modules():
@@ -47,25 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM (what Slurm, ``kill`` and container stops send) ends a command as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.run(args) or 0)
-    except Fm9gError as error:
+    except BrokenPipeError:  # the reader went away (``fm9g ... | head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (Fm9gError, OSError) as error:
         if args.debug:
             traceback.print_exc()
+        if isinstance(error, OSError):
+            error = os_error(error)
         print(f"fm9g {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"fm9g {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (``fm9g ... | head``): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except Exception as error:  # noqa: BLE001 - the last line of defence for users
         if args.debug:
             raise

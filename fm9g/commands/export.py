@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
                         help="weight dtype of the exported model (default: as stored)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--force", action="store_true", help="replace an output directory fm9g wrote")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model config that needs its own Python code (auto_map); never taken from "
+                             "the checkpoint itself")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     report = export_checkpoint(
         args.checkpoint, args.output, merge_lora=args.merge_lora, fmt=args.fmt, force=args.force,
         max_shard_size=args.max_shard_size, dtype=args.dtype, base=args.base, tokenizer=args.tokenizer,
+        trust_remote_code=args.trust_remote_code,
     )
     print(f"wrote {report.kind} to {report.output}: {', '.join(report.files())}")
     for note in report.notes:

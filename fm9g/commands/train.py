@@ -56,8 +56,9 @@ def _resume_point(resume: str | None, config: dict, out):
     config differs from the one it was trained with."""
     from fm9g.backends.training.resume import ResumePoint
 
-    point = ResumePoint.find(resume, config["save"])
     is_main = int(os.environ.get("RANK", "0")) == 0
+    point = ResumePoint.find(resume, config["save"],
+                             warn=(lambda text: print(f"fm9g train: warning: {text}", file=out)) if is_main else None)
     if resume == "auto" and point is None and is_main:
         print(f"fm9g train: no complete checkpoint under {config['save']}; starting from step 0", file=out)
     if resume and resume != "auto" and is_main and (changed := point.changed_keys(config)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -55,3 +56,26 @@ class UnknownName(Fm9gError):
         self.kind = kind
         self.name = name
         self.known = known
+
+
+_OS_ERRORS = {
+    errno.EACCES: ("permission denied", "check the permissions, or choose a path you may write"),
+    errno.EPERM: ("operation not permitted", "check the permissions, or choose another path"),
+    errno.EROFS: ("read-only file system", "write the output to a writable file system"),
+    errno.ENOSPC: ("no space left on the device", "free disk space there, or write the output elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota, or write the output elsewhere"),
+    errno.EEXIST: ("already exists", "remove it, or choose another path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a directory", "check the path"),
+    errno.EISDIR: ("is a directory where a file is needed", "name a file"),
+    errno.ELOOP: ("too many levels of symbolic links (a symlink loop)", "fix or remove the symlink"),
+    errno.ENOENT: ("not found", "check the path"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+}
+
+
+def os_error(error: OSError) -> Fm9gError:
+    """An operating-system error (permission, read-only file system, disk full, ...) as one clear
+    line naming the path, in place of a traceback."""
+    message, fix = _OS_ERRORS.get(error.errno, (error.strerror or type(error).__name__, None))
+    paths = [str(path) for path in (error.filename, error.filename2) if path is not None]
+    return Fm9gError(message, where=" -> ".join(paths) or None, fix=fix)

@@ -43,8 +43,29 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads((schema_dir() / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
+class NonFiniteNumber(ValueError):
+    """A JSON document holds NaN, Infinity or a number too large for a float."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise NonFiniteNumber(f"{text} is too large for a number")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise NonFiniteNumber(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and numbers that overflow to infinity:
+    Python's parser accepts them, and a learning rate or weight of infinity trains on NaN."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; a syntax error names the file, line and column."""
+    """Parse a JSON file; a syntax error or a non-finite number names the file, line and column."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,7 +78,9 @@ def read_json(path: str | Path) -> Any:
     if not text.strip():
         raise Fm9gError("empty file, expected a JSON document", where=str(path))
     try:
-        return json.loads(text)
+        return parse_json(text)
+    except NonFiniteNumber as error:
+        raise Fm9gError(f"invalid JSON: {error}", where=str(path), fix="write a finite number") from None
     except json.JSONDecodeError as error:
         raise Fm9gError(
             f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}",

@@ -169,7 +169,7 @@ def _from_auto_tokenizer(spec: str, directory: Path) -> HFTokenizer:
     from transformers import AutoTokenizer
 
     try:
-        auto = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        auto = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise Fm9gError(f"no usable tokenizer in {directory}: {error}".splitlines()[0], where=f"tokenizer spec '{spec}'",
                         fix="the directory needs tokenizer.json (or files transformers can load offline)") from None

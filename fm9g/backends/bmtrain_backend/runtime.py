@@ -145,6 +145,14 @@ class BmtOptimization:
         self.clip_factor = min(1.0, max_norm / (norm + 1e-6)) if max_norm > 0 else 1.0
         return norm
 
+    @property
+    def handles_overflow(self) -> bool:
+        return bool(self.manager.loss_scale_enabled)
+
+    def skip(self) -> None:
+        self.clip_factor = 1.0
+        self.manager.zero_grad()
+
     def step(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -64,9 +64,11 @@ def export_checkpoint(
     dtype: str = "keep",
     base: str | os.PathLike | None = None,
     tokenizer: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ExportReport:
     """Export a training checkpoint directory to ``output`` (see the module docstring)."""
-    source = CheckpointSource.open(Path(checkpoint), base=Path(base) if base else None)
+    source = CheckpointSource.open(Path(checkpoint), base=Path(base) if base else None,
+                                   trust_remote_code=trust_remote_code)
     output = Path(output)
     refuse_nested(output, [source.directory, *source.external_inputs()])
     if fmt not in ("peft", "opendelta"):

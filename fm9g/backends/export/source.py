@@ -32,7 +32,8 @@ class CheckpointSource:
     random base of a LoRA run on a bare preset as ``base_model.safetensors``; a checkpoint written
     before it did needs ``--base``."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], base: Path | None):
+    def __init__(self, directory: Path, manifest: dict[str, Any], base: Path | None, *,
+                 trust_remote_code: bool = False):
         self.directory = directory
         self.manifest = manifest
         self.config: dict[str, Any] = manifest.get("config") or {}
@@ -41,16 +42,18 @@ class CheckpointSource:
         self.files: dict[str, str] = manifest.get("files") or {}
         self.notes: list[str] = []
         self.explicit_base = base
-        self.trust_remote_code = bool(self.model_block.get("trust_remote_code", False))
+        self.trust_remote_code = trust_remote_code
+        """Only from the user's command line: never from the checkpoint's stored config, which a
+        crafted checkpoint could set to make its ``auto_map`` code run on export."""
 
     @classmethod
-    def open(cls, directory: Path, *, base: Path | None = None) -> CheckpointSource:
+    def open(cls, directory: Path, *, base: Path | None = None, trust_remote_code: bool = False) -> CheckpointSource:
         if not directory.is_dir():
             raise Fm9gError("checkpoint directory not found", where=str(directory), fix="check --checkpoint")
         manifest = read_manifest(directory)
         if base is not None and not base.exists():
             raise Fm9gError("base weights not found", where=f"--base {base}", fix="check the path")
-        return cls(directory, manifest, base)
+        return cls(directory, manifest, base, trust_remote_code=trust_remote_code)
 
     def file(self, role: str, default: str) -> Path:
         """The checkpoint's file of ``role`` (``files`` in checkpoint.json), or ``default`` in it."""

@@ -57,7 +57,7 @@ def _sentencepiece_tokenizer(model_file: Path, out: Path) -> None:
         ("pad", processor.pad_id())) if index >= 0}
     (out / "tokenizer_config.json").write_text(
         json.dumps({**specials, "add_bos_token": False, "add_eos_token": False}, indent=2) + "\n", encoding="utf-8")
-    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+    AutoTokenizer.from_pretrained(out, trust_remote_code=False).save_pretrained(out)
 
 
 def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = None) -> tuple[str, dict | None]:
@@ -110,7 +110,7 @@ def _special_ids(out: Path) -> dict | None:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     except (OSError, ValueError, TypeError):
         return None
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,

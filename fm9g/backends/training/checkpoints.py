@@ -45,8 +45,12 @@ OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 SCHEDULER = "scheduler.json"
 STREAM_STATE = "stream_state.json"
+LOCK = ".fm9g-train.lock"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _RANK_STAGING = ".ranks-"
+HASHED_BYTES = 64 * 2**20
+"""Files up to this size get a sha256 in the manifest (state, RNG, configs); larger ones (weights,
+optimizer state) their size, which catches truncation without reading gigabytes at every resume."""
 
 
 def step_dir_name(step: int) -> str:
@@ -93,7 +97,9 @@ def write_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, confi
             _fsync(temp / name)
         manifest = {"format_version": FORMAT_VERSION, "step": step, "tokens_seen": int(tokens_seen),
                     "config_hash": config_hash(config), "config": config, "backend": backend,
-                    "weights": weights, "files": files, "fm9g_version": __version__}
+                    "weights": weights, "files": files, "checksums": {name: _checksum(temp / name)
+                                                                      for name in files.values()},
+                    "fm9g_version": __version__}
         write_json_atomic(temp / MANIFEST, manifest)
         _fsync(temp)
     _fsync(save_dir)
@@ -119,12 +125,50 @@ def write_training_state(directory: Path, *, optimizer: Any, rng: dict[str, Any]
     return files
 
 
+def _checksum(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size > HASHED_BYTES:
+        return {"bytes": size}
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     """A hard link (no extra disk for a file every checkpoint shares), or a copy across file systems."""
     try:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+class SaveDirLock:
+    """An exclusive lock on a save directory for the life of a run (rank 0 holds it), so a second
+    run into the same directory is refused instead of interleaving its checkpoints and logs. The
+    kernel releases it when the process dies, so a killed run leaves no stale lock."""
+
+    def __init__(self, save_dir: str | Path):
+        import fcntl
+
+        path = Path(save_dir) / LOCK
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise Fm9gError(f"another fm9g train (pid {holder}) is writing into this save directory",
+                            where=str(save_dir), fix="wait for it to finish, or choose another 'save'") from None
+        self.handle.truncate(0)
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        self.handle.close()
 
 
 def check_save_dir(save_dir: str | Path, resuming: bool, *, is_main: bool) -> None:
@@ -154,11 +198,17 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     missing = [name for name in manifest.get("files", {}).values() if not (directory / name).is_file()]
     if missing:
         raise Fm9gError(f"checkpoint is missing {', '.join(missing)}", where=str(directory))
+    for name, recorded in manifest.get("checksums", {}).items():
+        actual = _checksum(directory / name) if (directory / name).is_file() else {"bytes": -1}
+        if actual["bytes"] != recorded["bytes"] or recorded.get("sha256", actual.get("sha256")) != actual.get("sha256"):
+            raise Fm9gError(f"{name} is corrupt: its size or checksum differs from the manifest's",
+                            where=str(directory / name), fix="resume from another checkpoint (--resume auto skips it)")
     return manifest
 
 
-def latest_checkpoint(save_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``save_dir`` (``None`` if there is none)."""
+def latest_checkpoint(save_dir: str | Path, skipped: list[str] | None = None) -> Path | None:
+    """The complete, intact checkpoint with the highest step under ``save_dir`` (``None`` if there is
+    none); each newer one passed over for being incomplete or corrupt is described in ``skipped``."""
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return None
@@ -169,7 +219,9 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     for _, path in reversed(candidates):
         try:
             read_manifest(path)
-        except Fm9gError:
+        except Fm9gError as error:
+            if skipped is not None:
+                skipped.append(str(error))
             continue
         return path
     return None

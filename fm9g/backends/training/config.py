@@ -17,16 +17,20 @@ from typing import Any
 from fm9g.backends.models.presets import PRESETS
 from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
 from fm9g.core.plugins import get_plugin, validate_options
-from fm9g.core.schemas import load_schema, read_json, schema_problems
+from fm9g.core.schemas import NonFiniteNumber, load_schema, parse_json, read_json, schema_problems
 
 PATH_KEYS = (("data", "manifest"), ("data", "mixture"), ("model", "hf_path"), ("model", "seed_pt"), ("save",))
 _TOKENIZER_FILE_PREFIXES = ("hf", "sp", "sentencepiece")
 
 
 def parse_value(text: str) -> Any:
-    """JSON when it parses (``1e-4``, ``true``, ``[..]``, ``null``), else the string itself."""
+    """JSON when it parses (``1e-4``, ``true``, ``[..]``, ``null``), else the string itself;
+    ``NaN``, ``Infinity`` and overflowing numbers are errors."""
     try:
-        return json.loads(text)
+        return parse_json(text)
+    except NonFiniteNumber as error:
+        raise Fm9gError(f"override value {text!r}: {error}", where="command line",
+                        fix="give a finite number") from None
     except json.JSONDecodeError:
         return text
 

@@ -10,6 +10,7 @@ so each rank backpropagates ``local_sum · W / global_count``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from fm9g.backends.training.batches import DeviceBatch, take, to_device
 from fm9g.backends.training.collectives import Collectives
 from fm9g.backends.training.loss import IGNORE_INDEX, token_loss
+from fm9g.core.errors import Fm9gError
 
 
 @dataclass
@@ -39,6 +41,8 @@ class StepResult:
     """Global batch indices each rank trained on in this step."""
     scale: float = 1.0
     """Loss scale of the step (1 without loss scaling)."""
+    skipped: bool = False
+    """The loss or gradient norm was not finite, so the parameters were not updated."""
 
 
 class Optimization(Protocol):
@@ -53,6 +57,13 @@ class Optimization(Protocol):
 
     def step(self, lr: float) -> None:
         """Update the parameters at learning rate ``lr`` and zero the gradients."""
+
+    def skip(self) -> None:
+        """Zero the gradients without an update (a step whose loss or gradients are not finite)."""
+
+    @property
+    def handles_overflow(self) -> bool:
+        """True when a loss scaler skips overflowing steps itself (an infinite norm is then expected)."""
 
 
 class TorchOptimization:
@@ -78,6 +89,11 @@ class TorchOptimization:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    handles_overflow = False
 
 
 @dataclass
@@ -112,13 +128,17 @@ class Trainer:
             totals += torch.cat([losses.total.detach().double().reshape(1), losses.task_sum, losses.task_count])
         grad_norm = self.optimization.clip(self.clip_grad)
         scale = float(self.optimization.scale)  # the loss scale this step's gradients were computed with
-        self.optimization.step(lr)
         totals = comm.all_reduce(totals).tolist()
+        loss = totals[0] / denominator
+        skipped = not math.isfinite(loss) or (not math.isfinite(grad_norm) and not self.optimization.handles_overflow)
+        if skipped:  # every rank sees the same all-reduced loss and norm, so every rank skips
+            self.optimization.skip()
+        else:
+            self.optimization.step(lr)
         sums, task_counts = totals[1:1 + tasks], totals[1 + tasks:]
         task_loss = {name: s / c for name, s, c in zip(self.task_names, sums, task_counts) if c > 0}
         batch_indices = comm.all_gather_ints([b.index for b in batches])
-        return StepResult(totals[0] / denominator, grad_norm, global_tokens, global_targets, task_loss,
-                          batch_indices, scale)
+        return StepResult(loss, grad_norm, global_tokens, global_targets, task_loss, batch_indices, scale, skipped)
 
 
 @dataclass(frozen=True)
@@ -130,11 +150,13 @@ class LoopSettings:
     grad_accum: int
     log_iters: int
     inspect_iters: int
+    max_nonfinite_steps: int
+    """How many steps with a non-finite loss or gradient norm may be skipped before the run stops."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LoopSettings:
         return cls(config["train_iters"], config["save_iters"], config["grad_accum"], config["log_iters"],
-                   config["inspect_iters"])
+                   config["inspect_iters"], config["max_nonfinite_steps"])
 
 
 class LoopReport(Protocol):
@@ -154,12 +176,17 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
     """Train from ``state.step`` to ``settings.train_iters`` (or until the data runs out); return the state."""
     comm, device = trainer.collectives, trainer.collectives.device
     batches = iter(stream)
-    last_saved = state.step
+    first_step = last_saved = state.step
+    nonfinite = 0
     while state.step < settings.train_iters:
         started = time.perf_counter()
         micro = take(batches, settings.grad_accum)
         running = torch.tensor([0.0 if micro is None else 1.0], device=device)
         if comm.all_reduce(running).item() < comm.world_size:  # some rank's data ran out: every rank stops
+            if state.step == first_step:
+                raise Fm9gError(f"the data gave no batch for step {state.step + 1}: nothing would be trained",
+                                where="train config: data",
+                                fix="check the mixture (fm9g mix --manifest ...), its datasets and their epochs")
             report.message(f"data exhausted after {state.step} steps; stopping")
             break
         lr = schedule(state.step)
@@ -172,6 +199,15 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
                   "tokens_seen": state.tokens_seen, "tokens_per_s": result.tokens / max(elapsed, 1e-9),
                   "task_loss": result.task_loss, "batches": result.batches}
         report.step(record, log=state.step % settings.log_iters == 0 or state.step == settings.train_iters)
+        if result.skipped:
+            nonfinite += 1
+            if nonfinite > settings.max_nonfinite_steps:
+                raise Fm9gError(f"step {state.step}: the loss ({result.loss}) or gradient norm ({result.grad_norm}) "
+                                f"is not finite, at lr {lr:.3g}; training stopped before saving it",
+                                where="train config", fix="lower lr or check the data; max_nonfinite_steps N "
+                                                          "skips up to N such steps instead")
+            report.message(f"step {state.step}: non-finite loss or gradient norm; update skipped "
+                           f"({nonfinite} of at most {settings.max_nonfinite_steps})")
         if settings.inspect_iters and state.step % settings.inspect_iters == 0:
             tasks = " ".join(f"{k}={v:.4f}" for k, v in result.task_loss.items())
             report.message(f"step {state.step}: loss {result.loss:.4f} lr {lr:.3g} "

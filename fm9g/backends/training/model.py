@@ -15,6 +15,7 @@ from fm9g.backends.models.kernels import apply_kernels
 from fm9g.backends.training import checkpoints
 from fm9g.backends.training.resume import ResumePoint
 from fm9g.backends.weights.files import read_safetensors
+from fm9g.core.errors import Fm9gError
 from fm9g.core.plugins import get_plugin
 
 
@@ -42,6 +43,10 @@ def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_
     checkpoint, so the base is the same whatever device re-initialises it.
     """
     model = build_model(config["model"], seed=config["seed"], device=device, vocab_size=vocab_size)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config["max_length"] > positions:
+        raise Fm9gError(f"max_length {config['max_length']} is longer than the model's {positions} positions",
+                        where="train config: max_length", fix=f"use max_length ≤ {positions}")
     apply_kernels(model, config["model"]["kernels"], device)
     if prepare is not None:
         prepare(model)

@@ -9,6 +9,7 @@ itself, as torchtune's recipes and torchtitan's checkpointer do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,18 @@ class ResumePoint:
         return cls(directory, checkpoints.read_manifest(directory))
 
     @classmethod
-    def find(cls, resume: str | Path | None, save_dir: str | Path) -> ResumePoint | None:
-        """``--resume``: ``None`` (start fresh), ``auto`` (the latest complete checkpoint under
-        ``save_dir``, or ``None`` when there is none) or a checkpoint directory."""
+    def find(cls, resume: str | Path | None, save_dir: str | Path,
+             warn: Callable[[str], None] | None = None) -> ResumePoint | None:
+        """``--resume``: ``None`` (start fresh), ``auto`` (the latest intact checkpoint under
+        ``save_dir``, or ``None`` when there is none; each newer one that is incomplete or corrupt is
+        passed to ``warn`` and skipped) or a checkpoint directory (which must be intact)."""
         if not resume:
             return None
         if str(resume) == "auto":
-            latest = checkpoints.latest_checkpoint(save_dir)
+            skipped: list[str] = []
+            latest = checkpoints.latest_checkpoint(save_dir, skipped)
+            for reason in skipped if warn is not None else ():
+                warn(f"skipping a checkpoint: {reason}")
             return cls.open(latest) if latest is not None else None
         return cls.open(resume)
 

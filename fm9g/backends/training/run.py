@@ -167,8 +167,18 @@ def _check_adapter(path: Path, *, expected: int) -> None:
 def train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy) -> dict[str, Any]:
     """Train as ``config`` says on this rank; the final step, tokens seen and latest checkpoint."""
     comm, resume = strategy.collectives, context.resume
-    checkpoints.check_save_dir(config["save"], resume is not None, is_main=comm.is_main)
-    comm.barrier()
+    lock = checkpoints.SaveDirLock(config["save"]) if comm.is_main else None
+    try:
+        checkpoints.check_save_dir(config["save"], resume is not None, is_main=comm.is_main)
+        comm.barrier()
+        return _train(config, context, strategy)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy) -> dict[str, Any]:
+    comm, resume = strategy.collectives, context.resume
     stream = context.open_stream(config, rank=comm.rank, world_size=comm.world_size)
     report: Any = SilentReport()
     try:

@@ -24,6 +24,8 @@ from _convert_helpers import (
 )
 from fm9g.backends.weights.names import hf_to_seed
 from fm9g.cli import main
+from fm9g.core.errors import Fm9gError
+from fm9g.tokenizers import load_tokenizer
 from fm9g.tokenizers.byte import ByteTokenizer
 
 
@@ -244,3 +246,34 @@ def test_lora_base_from_seed_pt_or_base_option(tmp_path: Path, model, capsys) ->
                  "--base", str(seed_pt)]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m2").eval()
     torch.testing.assert_close(logits(merged, PROMPT_IDS), expected, rtol=1e-5, atol=1e-5)
+
+
+def _plant_remote_code(directory: Path, sentinel: Path, config_file: str, key: str) -> None:
+    """Make ``directory`` ask for its own Python code (``auto_map``), code that would leave ``sentinel``."""
+    (directory / "planted.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n"
+                                          "from transformers import Qwen2Config as PlantedConfig\n"
+                                          "from transformers import PreTrainedTokenizerFast as PlantedTokenizer\n")
+    document = json.loads((directory / config_file).read_text())
+    document["auto_map"] = {key: "planted.PlantedConfig" if key == "AutoConfig" else ["planted.PlantedTokenizer", None]}
+    (directory / config_file).write_text(json.dumps(document))
+
+
+def test_no_code_from_a_checkpoint_or_a_tokenizer_directory(tmp_path: Path, model, capsys) -> None:
+    """A crafted checkpoint (stored config with trust_remote_code, config.json with auto_map) and an
+    hf: tokenizer with custom code never run their Python: only the user's --trust-remote-code would."""
+    sentinel = tmp_path / "code-ran"
+    config = train_config({"preset": "tiny-qwen2", "trust_remote_code": True})
+    checkpoint = write_full_checkpoint(tmp_path / "run", model, config=config)
+    _plant_remote_code(checkpoint, sentinel, "config.json", "AutoConfig")
+    main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")])
+    assert not sentinel.exists()
+
+    tokenizer_dir = tmp_path / "tok"
+    AutoTokenizer.from_pretrained(train_tiny_hf_tokenizer(tmp_path / "tok0")).save_pretrained(tokenizer_dir)
+    (tokenizer_dir / "tokenizer.json").unlink()  # make transformers build it from the config and its code
+    _plant_remote_code(tokenizer_dir, sentinel, "tokenizer_config.json", "AutoTokenizer")
+    try:
+        load_tokenizer(f"hf:{tokenizer_dir}")
+    except Fm9gError:
+        pass  # refusing is as good as loading the built-in class: what matters is that no code ran
+    assert not sentinel.exists()

@@ -95,3 +95,32 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.restore_rng_state(load_weights_only(tmp_path / "rng.pt"))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "garbage-rng", "edit-stream-state"])
+def test_resume_auto_skips_a_corrupt_latest_checkpoint_and_names_the_file(tmp_path, damage):
+    _save(tmp_path, 2)
+    latest = _save(tmp_path, 4)
+    if damage == "truncate-weights":
+        target = latest / "model.safetensors"
+        target.write_bytes(target.read_bytes()[:-7])
+    elif damage == "garbage-rng":
+        target = latest / "rng.pt"
+        target.write_bytes(os.urandom(target.stat().st_size))  # same size: only the checksum can tell
+    else:
+        target = latest / "stream_state.json"
+        target.write_text(target.read_text().replace("4", "5"))
+    warnings: list[str] = []
+    point = ResumePoint.find("auto", tmp_path, warn=warnings.append)
+    assert point.step == 2
+    assert len(warnings) == 1 and target.name in warnings[0] and "corrupt" in warnings[0]
+    with pytest.raises(Fm9gError, match=f"{target.name} is corrupt"):
+        ResumePoint.find(latest, tmp_path)  # named explicitly: no silent fallback
+
+
+def test_a_second_run_into_the_same_save_dir_is_refused(tmp_path):
+    first = ckpt.SaveDirLock(tmp_path)
+    with pytest.raises(Fm9gError, match=f"another fm9g train \\(pid {os.getpid()}\\)"):
+        ckpt.SaveDirLock(tmp_path)
+    first.release()
+    ckpt.SaveDirLock(tmp_path).release()  # free again once the first run ended

@@ -91,7 +91,28 @@ def test_sigkill_then_resume_auto_equals_uninterrupted_run(mixture, tmp_path):
     a = load_file(whole_dir / "run" / final / "model.safetensors")
     b = load_file(killed_dir / "run" / final / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not list((killed_dir / "run").glob(".tmp-*"))
+    assert not list((killed_dir / "run").glob(".step-*")) and not list((killed_dir / "run").glob(".ranks-*"))
     events = EventAccumulator(str(killed_dir / "run" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("Loss/train")] == list(range(1, steps + 1))
+
+
+def test_sigterm_ends_training_like_ctrl_c_and_os_errors_are_one_line(mixture, tmp_path):
+    config = write_train_config(tmp_path, mixture / "mix.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(fm9g_command("train", "--config", str(config), "train_iters=100000", "save_iters=0"),
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "train_log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.stat().st_size) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "fm9g train: interrupted" in stderr and "Traceback" not in stderr
+
+    (tmp_path / "file").write_text("x")
+    result = run_fm9g("train", "--config", str(config), f"save={tmp_path / 'file' / 'run'}", "train_iters=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("fm9g train: error: ")
+    assert str(tmp_path / "file") in result.stderr and "not a directory" in result.stderr
