@@ -65,6 +65,7 @@ def test_killed_build_leaves_no_complete_directory(tmp_path: Path, hf_tokenizer_
     build_index([source], output, BuildOptions(workers=2, progress=False))
     IndexedDataset(output).verify()
     assert not temp.exists()
+    assert not _leftovers(tmp_path)
 
 
 def test_killed_forced_rebuild_keeps_the_old_index(tmp_path: Path, hf_tokenizer_dir: Path) -> None:
@@ -76,3 +77,11 @@ def test_killed_forced_rebuild_keeps_the_old_index(tmp_path: Path, hf_tokenizer_
     ds = IndexedDataset(output)
     ds.verify()
     assert len(ds) == 1 and ds[0]["output"] == "old"
+    assert _leftovers(tmp_path)  # the killed run's temp directory, until the next run
+    build_index([small], output, BuildOptions(workers=1, force=True, progress=False))
+    assert not _leftovers(tmp_path)
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Every temporary file or directory of an interrupted write under ``root``."""
+    return [path for path in root.rglob("*") if ".fm9g-tmp-" in path.name]
