@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from fm9g.core.atomic import atomic_directory, write_json_atomic
+from fm9g.core.atomic import OUTPUT_MARKER, atomic_directory, check_replaceable, write_json_atomic
 from fm9g.core.errors import Fm9gError
+from fm9g.index.checksum import VERIFIED_FILE
 from fm9g.index.chunks import BOM, ChunkResult, ChunkTask, init_worker, process_chunk
 from fm9g.index.format import (
     DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, LENGTH_BUCKETS, META_FILE, length_distribution,
@@ -114,6 +115,13 @@ def _check_output(inputs: list[Path], output: Path, force: bool) -> None:
     if entries and not entries & known:
         raise Fm9gError("refusing to replace a directory that is not an indexed dataset", where=str(output),
                         fix="remove it yourself or choose another --output")
+    if not entries or OUTPUT_MARKER in entries:
+        check_replaceable(output)  # fm9g wrote it (or it is empty): still never the current or home directory
+    elif not entries <= known | {VERIFIED_FILE}:
+        # an index of the seed's tooling (or of fm9g before the marker) holds only these; --force would delete the rest
+        extra = sorted(entries - known - {VERIFIED_FILE})[0]
+        raise Fm9gError(f"refusing to replace a directory that holds more than an index ({extra})",
+                        where=str(output), fix="remove it yourself or choose another --output")
 
 
 def _peek(path: Path) -> None:

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from cli_helpers import run_fm9g
-from index_helpers import seed_index_text, seed_read_all, write_jsonl
+from index_helpers import seed_index_text, seed_read_all, seed_write_dir, write_jsonl
 
 from fm9g.core.errors import Fm9gError
 from fm9g.core.schemas import schema_problems
@@ -138,9 +138,26 @@ def test_output_rules(tmp_path: Path, records: list[dict]) -> None:
     with pytest.raises(Fm9gError, match="not an indexed dataset"):
         build_index([source], precious, BuildOptions(force=True, progress=False))
     assert (precious / "notes.txt").read_text() == "keep me"
+    (precious / "meta.json").write_text("{}")  # one index-like name among the user's files is not an index
+    with pytest.raises(Fm9gError, match=r"holds more than an index \(notes.txt\)"):
+        build_index([source], precious, BuildOptions(force=True, progress=False))
+    assert (precious / "notes.txt").read_text() == "keep me"
+    seed = seed_write_dir(tmp_path / "seed", records)  # the seed's own index, without fm9g's marker
+    build_index([source], seed, BuildOptions(workers=1, force=True, progress=False))
+    assert len(IndexedDataset(seed)) == 2
     with pytest.raises(Fm9gError, match="no such file"):
         build_index([tmp_path / "missing*.jsonl"], tmp_path / "x", BuildOptions(progress=False))
     assert not [p for p in tmp_path.iterdir() if ".fm9g-tmp-" in p.name]
+
+
+def test_force_never_replaces_the_current_directory(tmp_path: Path, records: list[dict],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_jsonl(tmp_path / "r.jsonl", records)
+    build_index([source], tmp_path / "idx", BuildOptions(workers=1, progress=False))
+    monkeypatch.chdir(tmp_path / "idx")
+    with pytest.raises(Fm9gError, match="holds the current or home directory"):
+        build_index([source], tmp_path / "idx", BuildOptions(workers=1, force=True, progress=False))
+    assert len(IndexedDataset(tmp_path / "idx")) == len(records)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
