@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", "-a", required=True, help="adapter plugin (see: fm9g plugins --kind adapter)")
     parser.add_argument("--input", "-i", required=True, metavar="FILE", help="raw file: text, JSON array/object or JSONL")
     parser.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="directory for train.jsonl, test.jsonl and prepare_report.json")
+                        help="new (or empty) directory for train.jsonl, test.jsonl and prepare_report.json, "
+                             "written together")
     parser.add_argument("--split", metavar="test=F",
                         help="hold out a test split: a fraction (test=0.05) or a count (test=500), as the seed does")
     parser.add_argument("--seed", type=int, default=3014, help="split seed (default 3014, the seed's)")
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adapter option; VALUE is read as JSON when it parses (true, 3, \"x\"), else as text")
     parser.add_argument("--map", metavar="input=SRC,output=SRC",
                         help="field mapping for adapters with a 'map' option (jsonl), e.g. input=question,output=answer")
-    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing output directory (only one that fm9g wrote)")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
