@@ -52,12 +52,12 @@ def checksum(path: str | os.PathLike[str], algorithm: str = "blake2b", *, progre
     return f"{algorithm}:{digest.hexdigest()}"
 
 
-def _algorithm_of(expected: str, meta_path: Path) -> str:
-    """The hash algorithm named by a recorded ``data_checksum`` (``blake2b:...``)."""
+def _algorithm_of(expected: str, meta_path: Path, fix: str) -> str:
+    """The hash algorithm named by a recorded ``data_checksum`` (``blake2b:...``; no variable-length ``shake_``)."""
     algorithm, sep, digest = expected.partition(":")
-    if not sep or not digest or algorithm not in hashlib.algorithms_available:
+    if not sep or not digest or algorithm not in hashlib.algorithms_available or algorithm.startswith("shake_"):
         raise Fm9gError(f"data_checksum '{expected[:80]}' is not ALGORITHM:HEX with a known algorithm",
-                        where=str(meta_path), fix="rebuild the index with fm9g index --force")
+                        where=str(meta_path), fix=fix)
     return algorithm
 
 
@@ -66,7 +66,7 @@ def check_data_checksum(data_path: Path, expected: str, meta_path: Path, fix: st
     ``always`` hashes even when the file is remembered or the check is switched off."""
     if not always and os.environ.get(SKIP_ENV, "") not in ("", "0"):
         return
-    algorithm = _algorithm_of(expected, meta_path)
+    algorithm = _algorithm_of(expected, meta_path, fix)
     sidecar = data_path.parent / VERIFIED_FILE
     before = _file_key(data_path)
     if not always and _remembered(sidecar) == {**before, "data_checksum": expected}:
