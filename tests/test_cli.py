@@ -73,3 +73,29 @@ def test_closed_stdout_is_not_an_error(tmp_path: Path) -> None:
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 0
     assert first == (files[0] + ": ").encode() and stderr == ""
+
+
+def test_sigterm_stops_a_parallel_index_run_like_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (Slurm, ``kill``) gives the one-line "interrupted" of Ctrl-C: no worker prints a
+    traceback, no worker outlives the run, and no half-built index is left."""
+    import json
+    import os
+    import signal
+    import time
+
+    line = json.dumps({"input": "q" * 40, "output": "word " * 120}) + "\n"
+    (tmp_path / "big.jsonl").write_text(line * 200_000)
+    process = subprocess.Popen([sys.executable, "-m", "fm9g", "index", "--input", str(tmp_path / "big.jsonl"),
+                                "--output", str(tmp_path / "idx"), "--tokenizer", "byte", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".idx.fm9g-tmp-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the index run ended before it could be interrupted"
+    time.sleep(0.3)  # the workers are tokenizing
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "fm9g index: interrupted"
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx.fm9g-tmp-*"))

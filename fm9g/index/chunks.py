@@ -10,6 +10,7 @@ rejects invalid UTF-8 and lone surrogates (records a tokenizer could not encode)
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,7 +73,13 @@ _state = _WorkerState()
 
 def init_worker(tokenizer_spec: str | None, max_line_bytes: int, vote_language: bool,
                 single_threaded_tokenizer: bool) -> None:
-    """Load the tokenizer once per worker process (parallel inside a worker would oversubscribe)."""
+    """Load the tokenizer once per worker process (parallel inside a worker would oversubscribe).
+
+    The main process alone answers Ctrl-C and SIGTERM (it stops the pool and says "interrupted"):
+    a worker ignores SIGINT and dies quietly on the SIGTERM the pool sends it, instead of printing a
+    traceback of its own through the handler it inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if single_threaded_tokenizer:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         os.environ["RAYON_NUM_THREADS"] = "1"
