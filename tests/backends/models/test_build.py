@@ -56,3 +56,15 @@ def test_presets_build_with_the_facts_shapes():
 
         model = AutoModelForCausalLM.from_config(config)
     assert parameter_counts(model)[0] == 7_668_831_744
+
+
+class _NotATensor:
+    """A Python object in a checkpoint: loading it with pickle would run code of the file's choosing."""
+
+
+def test_a_seed_pt_holding_python_objects_is_refused_on_the_train_path(tmp_path):
+    path = tmp_path / "crafted.pt"
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "extra": _NotATensor()}, path)
+    with pytest.raises(Fm9gError, match="refused: the file holds Python objects") as caught:
+        build_model({"preset": "tiny-llama", "seed_pt": str(path)}, seed=0)
+    assert "weights_only=False" not in str(caught.value)  # never advise the unsafe load
