@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -56,6 +57,35 @@ def remove_stale_temps(path: Path) -> None:
                 candidate.unlink(missing_ok=True)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
+    which would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable_as_umask(directory: Path) -> None:
+    """Give every file under ``directory`` at least the permissions the umask allows new files
+    (``0666 & ~umask``): on a shared cluster the group reads what a run wrote, as with any other tool."""
+    wanted = 0o666 & ~current_umask()
+    for root, _, names in os.walk(directory):
+        for name in names:
+            _widen(Path(root) / name, wanted)
+
+
+def _widen(path: Path, wanted: int) -> None:
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode) and (mode & wanted) != wanted:
+        os.chmod(path, (mode | wanted) & 0o7777)
+
+
 class PendingDirectory:
     """A fresh temp directory beside ``final`` that :meth:`publish` renames into place and
     :meth:`discard` removes; for writers whose output is filled across several calls (a plain
@@ -73,7 +103,9 @@ class PendingDirectory:
 
     def publish(self) -> Path:
         """Rename the temp directory to ``final``; an existing ``final`` is replaced whole only when
-        ``replace`` was given (another process may have created it meanwhile)."""
+        ``replace`` was given (another process may have created it meanwhile). Files inside get the
+        permissions the user's umask gives (libraries such as safetensors create them 0600)."""
+        readable_as_umask(self.path)
         if self.final.exists():
             if not self.replace:
                 raise Fm9gError("output appeared while building", where=str(self.final), fix="rerun with --force")
@@ -161,6 +193,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     temp = temp_sibling(final)
     try:
         yield temp
+        _widen(temp, 0o666 & ~current_umask())
         fd = os.open(temp, os.O_RDONLY)
         try:
             os.fsync(fd)

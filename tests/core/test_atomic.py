@@ -16,6 +16,7 @@ from fm9g.core.atomic import (
     OUTPUT_MARKER,
     PendingDirectory,
     atomic_directory,
+    atomic_path,
     atomic_file,
     check_replaceable,
     remove_stale_temps,
@@ -127,3 +128,20 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> None:
     other.write_text("another output's temp")
     remove_stale_temps(target)
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_published_files_are_readable_as_the_umask_says(tmp_path: Path, umask_022: None) -> None:
+    """safetensors (and mkstemp) create files 0600; what fm9g publishes is group-readable as usual."""
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_directory(tmp_path / "out", replace=False) as temp:
+        save_file({"w": torch.zeros(2)}, str(temp / "model.safetensors"))
+        (temp / "sub").mkdir()
+        (temp / "sub" / "private").write_text("x")
+        os.chmod(temp / "sub" / "private", 0o600)
+    assert _mode(tmp_path / "out" / "model.safetensors") == 0o644
+    assert _mode(tmp_path / "out" / "sub" / "private") == 0o644
+    with atomic_path(tmp_path / "base.safetensors") as temp:
+        save_file({"w": torch.zeros(2)}, str(temp))
+    assert _mode(tmp_path / "base.safetensors") == 0o644
