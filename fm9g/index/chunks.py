@@ -9,6 +9,7 @@ rejects invalid UTF-8 and lone surrogates (records a tokenizer could not encode)
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from collections import Counter
@@ -78,8 +79,9 @@ def init_worker(tokenizer_spec: str | None, max_line_bytes: int, vote_language: 
     The main process alone answers Ctrl-C and SIGTERM (it stops the pool and says "interrupted"):
     a worker ignores SIGINT and dies quietly on the SIGTERM the pool sends it, instead of printing a
     traceback of its own through the handler it inherited."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if multiprocessing.parent_process() is not None:  # a pool worker, not a one-worker run in the main process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if single_threaded_tokenizer:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         os.environ["RAYON_NUM_THREADS"] = "1"
