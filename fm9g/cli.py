@@ -56,7 +56,11 @@ def _interrupt(signum: int, frame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]  # KEY=VALUE after an option: still an override
+    elif extras:
+        parser.parse_args(argv)  # reports the unrecognized arguments, as argparse does
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

@@ -187,7 +187,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise Fm9gError(f"not a complete checkpoint (no {MANIFEST})", where=str(directory),
-                        fix="pass a step-NNNNNNNN directory written by fm9g train, or --resume auto")
+                        fix="pass a step-NNNNNNNN directory written by fm9g train")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

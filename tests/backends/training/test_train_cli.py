@@ -116,3 +116,22 @@ def test_sigterm_ends_training_like_ctrl_c_and_os_errors_are_one_line(mixture, t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("fm9g train: error: ")
     assert str(tmp_path / "file") in result.stderr and "not a directory" in result.stderr
+
+
+def test_overrides_anywhere_trust_scripts_flag_and_resume_refuses_a_changed_run(mixture, tmp_path):
+    config = write_train_config(tmp_path, mixture / "mix.json")
+    first = run_fm9g("train", "--config", str(config), "save_iters=2", "--no-progress", "train_iters=2",
+                     "--trust-scripts")
+    assert first.returncode == 0, first.stderr
+    changed = run_fm9g("train", "--config", str(config), "train_iters=4", "--resume", "auto", "batch_size=4")
+    assert changed.returncode == 2
+    assert "batch_size (2 -> 4)" in changed.stderr and "--allow-config-change" in changed.stderr
+    longer = run_fm9g("train", "--config", str(config), "--resume", "auto", "train_iters=4", "lr=0.003")
+    assert longer.returncode == 0, longer.stderr
+    assert "resuming with a changed config: lr (0.002 -> 0.003)" in longer.stderr
+    assert "train_iters (2 -> 4)" in longer.stderr and "trust_scripts (true -> false)" in longer.stderr
+    assert read_manifest(tmp_path / "run" / "step-00000004")["config"]["lr"] == 0.003
+    forced = run_fm9g("train", "--config", str(config), "--resume", "auto", "train_iters=6", "batch_size=4",
+                      "--allow-config-change")
+    assert forced.returncode == 0, forced.stderr
+    assert run_fm9g("train", "--config", str(config), "--bogus").returncode == 2
