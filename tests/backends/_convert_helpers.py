@@ -112,3 +112,10 @@ def state_of(directory: Path) -> dict[str, torch.Tensor]:
     from fm9g.backends.weights.files import load_hf_state_dict
 
     return load_hf_state_dict(directory)
+
+
+def same_tokenizer(exported: Path, source: Path) -> bool:
+    """``exported`` is ``source``'s tokenizer.json with the same vocabulary, merges and special tokens
+    (export may add a post-processor that puts BOS first, as training samples begin)."""
+    a, b = json.loads(exported.read_text()), json.loads(source.read_text())
+    return all(a[key] == b[key] for key in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder"))

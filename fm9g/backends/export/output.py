@@ -102,6 +102,10 @@ def save_model_dir(model, out: Path, *, max_shard_size: str | int, special_ids: 
                 setattr(generation, key, value)
     if generation is not None:
         model.generation_config = generation
+    # Training turns the KV cache off (it only costs memory there); an export is for inference.
+    model.config.use_cache = True
+    if model.generation_config is not None:
+        model.generation_config.use_cache = True
     for key, value in (special_ids or {}).items():
         if value is not None and getattr(model.config, key, None) is None:
             setattr(model.config, key, value)

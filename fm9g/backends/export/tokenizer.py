@@ -96,7 +96,39 @@ def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = 
     else:
         raise Fm9gError(f"cannot export tokenizer spec '{spec}'", where="tokenizer",
                         fix="use byte, hf:DIR or sp:FILE.model, or copy the tokenizer files by hand")
+    _begin_with_bos(spec, out)
     return note, _special_ids(out)
+
+
+def _begin_with_bos(spec: str, out: Path) -> None:
+    """Make the exported tokenizer put BOS first, as every training sample begins: without it, a
+    prompt encoded for generation starts differently from anything the model was trained on.
+
+    A tokenizer that already adds it is left alone; otherwise ``tokenizer.json`` gets a template
+    post-processor after its own, and ``add_bos_token`` (which transformers' Llama-style fast
+    tokenizers rebuild their post-processor from) is set in ``tokenizer_config.json``."""
+    from tokenizers import Tokenizer, processors
+
+    from fm9g.tokenizers import load_tokenizer
+
+    bos_id = load_tokenizer(spec).bos_id
+    path = out / "tokenizer.json"
+    if not path.is_file():
+        return
+    tokenizer = Tokenizer.from_file(str(path))
+    if tokenizer.encode("a").ids[:1] == [bos_id]:
+        return
+    bos = tokenizer.id_to_token(bos_id)
+    template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, bos_id)])
+    existing = tokenizer.post_processor
+    tokenizer.post_processor = processors.Sequence([existing, template]) if existing is not None else template
+    tokenizer.save(str(path))
+    config_path = out / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if "add_bos_token" in config:
+            config["add_bos_token"] = True
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _tokenizer_files(directory: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""``fm9g export``: training checkpoints (contract 3, built here) -> HF directories that load and generate."""
+"""``fm9g export``: training checkpoints (built here) -> HF directories that load and generate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from _convert_helpers import (
+    same_tokenizer,
     PROMPT_IDS,
     logits,
     peft_wrap,
@@ -71,11 +72,18 @@ def test_full_export_loads_generates_and_gives_the_same_logits(tmp_path: Path, f
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (1, 2, 0)
     generation = json.loads((out / "generation_config.json").read_text())
     assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 2, 0)
+    # As trained: every sample begins with BOS, and inference uses the KV cache.
+    assert tokenizer.encode(text) == [1, *ByteTokenizer().encode(text)]
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    assert generation.get("use_cache", True) is True
     auto = AutoTokenizer.from_pretrained(out)
     prompt = auto("hello", return_tensors="pt")
+    assert prompt["input_ids"][0, 0] == 1
     generated = loaded.generate(**prompt, max_new_tokens=6, do_sample=False)
-    assert generated.shape == (1, 5 + 6)
-    assert torch.equal(generated[0, :5], prompt["input_ids"][0])
+    assert generated.shape == (1, 6 + 6)
+    assert torch.equal(generated[0, :6], prompt["input_ids"][0])
+    uncached = loaded.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(generated, uncached)
 
 
 def test_sharded_export_has_its_own_index(tmp_path: Path, full_checkpoint: Path, model) -> None:
@@ -98,7 +106,7 @@ def test_dtype_option_and_hf_tokenizer(tmp_path: Path, model) -> None:
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out), "--dtype", "bfloat16"]) == 0
     assert {t.dtype for t in state_of(out).values()} == {torch.bfloat16}
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
-    assert (out / "tokenizer.json").read_bytes() == (tokenizer_dir / "tokenizer.json").read_bytes()
+    assert same_tokenizer(out / "tokenizer.json", tokenizer_dir / "tokenizer.json")
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 1
 
 
@@ -111,7 +119,7 @@ def test_tokenizer_defaults_to_the_one_the_runs_mix_manifest_names(tmp_path: Pat
     checkpoint = write_full_checkpoint(tmp_path / "run", model, config=config)
     monkeypatch.chdir(tmp_path / "run")  # the recorded absolute paths work from any directory
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tmp_path / "data" / "tok" / "tokenizer.json").read_bytes()
+    assert same_tokenizer(tmp_path / "out" / "tokenizer.json", tmp_path / "data" / "tok" / "tokenizer.json")
 
 
 def test_bad_checkpoints_and_outputs_are_refused(tmp_path: Path, full_checkpoint: Path, capsys) -> None:
@@ -184,7 +192,7 @@ def test_merge_lora_equals_peft_and_ignores_the_reference_index(tmp_path: Path, 
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out), "--merge-lora"]) == 0
     names = {p.name for p in out.iterdir()}
     assert "model.safetensors" in names and not any(name.endswith(".index.json") for name in names)
-    assert (out / "tokenizer.json").read_bytes() == (base_dir / "tokenizer.json").read_bytes()
+    assert same_tokenizer(out / "tokenizer.json", base_dir / "tokenizer.json")
     merged = state_of(out)
     assert merged.keys() == peft_merged.keys()
     for name, tensor in peft_merged.items():
