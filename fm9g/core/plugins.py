@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -76,6 +77,8 @@ class Registry:
         self.manager = manager
         self._by_kind: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
         self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        self.broken: list[Fm9gError] = list(getattr(manager, "fm9g_broken", []))
+        """Installed plugins that failed to load or register: warned about, and named when a lookup fails."""
         sources = _plugin_sources(manager)
         for kind, hook_name in KINDS.items():
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
@@ -85,11 +88,12 @@ class Registry:
                 except Fm9gError:
                     raise
                 except Exception as error:  # noqa: BLE001 - a broken plugin must not look like an fm9g bug
-                    raise Fm9gError(
+                    self.broken.append(Fm9gError(
                         f"plugin {impl.plugin_name} failed in {hook_name}: {type(error).__name__}: {error}",
                         where=f"distribution {distribution} {version}",
-                        fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1",
-                    ) from error
+                        fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1"))
+        for problem in self.broken:
+            print(f"fm9g: warning: {problem}; its plugins are unavailable", file=sys.stderr)
 
     def _registrar(self, kind: str, distribution: str, version: str):
         def register(obj: Any) -> None:
@@ -126,7 +130,10 @@ class Registry:
             return self._by_kind[kind][name]
         except KeyError:
             known = list(self._by_kind[kind]) + list(self._aliases[kind])
-            raise UnknownName(kind.replace("_", " "), name, known, where=where) from None
+            error = UnknownName(kind.replace("_", " "), name, known, where=where)
+            if self.broken:  # the name may be one a broken plugin would have registered
+                error.fix += "; not loaded: " + "; ".join(problem.message for problem in self.broken)
+            raise error from None
 
     def get(self, kind: str, name: str, *, where: str | None = None) -> Any:
         return self.info(kind, name, where=where).obj
@@ -138,10 +145,12 @@ def _plugin_sources(manager: pluggy.PluginManager) -> dict[int, tuple[str, str]]
 
 
 def _load_entry_points(manager: pluggy.PluginManager) -> None:
-    """Register every ``fm9g`` entry point (as pluggy's ``load_setuptools_entrypoints`` does), but
-    turn a plugin that fails to import or register into one clear :class:`Fm9gError`."""
+    """Register every ``fm9g`` entry point (as pluggy's ``load_setuptools_entrypoints`` does); one
+    that fails to import or register is recorded in ``manager.fm9g_broken`` (one clear error each)
+    and skipped, so a broken third-party plugin does not block the commands that do not use it."""
     sources: dict[int, tuple[str, str]] = {}
     manager.fm9g_sources = sources
+    manager.fm9g_broken = []
     for dist in importlib.metadata.distributions():
         for entry_point in dist.entry_points:
             if (entry_point.group != "fm9g" or manager.get_plugin(entry_point.name) is not None
@@ -152,12 +161,12 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
                 plugin = entry_point.load()
                 manager.register(plugin, name=entry_point.name)
             except Exception as error:  # noqa: BLE001 - import errors, pluggy validation errors, ...
-                raise Fm9gError(
+                manager.fm9g_broken.append(Fm9gError(
                     f"plugin distribution {distribution} {dist.version} failed to load: "
                     f"{type(error).__name__}: {error}",
                     where=f"entry point {entry_point.name} = {entry_point.value}",
-                    fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1",
-                ) from error
+                    fix=f"fix or uninstall {distribution}, or set FM9G_DISABLE_PLUGINS=1"))
+                continue
             sources[id(plugin)] = (distribution, dist.version)
 
 
