@@ -45,7 +45,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: {problem}")
         if not problems:
             print(f"{path}: valid ({schema})")
+            for note in script_notes(path) if schema == "mix" else ():
+                print(f"{path}: note: {note}")
     return 2 if failed else 0
+
+
+def script_notes(path: Path) -> list[str]:
+    """A line for each dataset whose transform is a script: running it executes code the manifest
+    names, so ``fm9g mix`` and ``fm9g train`` refuse it unless the user trusts it explicitly."""
+    from fm9g.mixer.manifest import load_manifest
+
+    return [f"dataset '{dataset.task_name}': transform script {dataset.transform.script} runs only with "
+            "--trust-scripts (fm9g mix, fm9g train) or \"trust_scripts\": true in the train config"
+            for dataset in load_manifest(path, check_paths=False).datasets if dataset.transform.script]
 
 
 def check_file(path: Path, schema: str | None = None) -> tuple[list[str], str]:

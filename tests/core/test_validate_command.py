@@ -146,3 +146,18 @@ def test_manifest_over_real_indexed_datasets_is_valid(tmp_path: Path, capsys) ->
     assert code == 2
     assert any(line.startswith(f"{duplicate}: $[1].task_name: ") and "same" in line for line in out.splitlines())
     assert any(line.startswith(f"{duplicate}: $[0].transforms: ") and "identity" in line for line in out.splitlines())
+
+
+def test_script_transforms_are_named_with_the_flag_they_need(tmp_path: Path, capsys) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"input": f"q{i}", "output": f"answer {i}"}) + "\n" for i in range(5)))
+    from fm9g.index.builder import BuildOptions, build_index
+
+    build_index([records], tmp_path / "idx" / "a", BuildOptions(tokenizer="byte", workers=1, progress=False))
+    (tmp_path / "add_template.py").write_text("def transform(data, num_sample, r):\n    return data\n")
+    manifest = write(tmp_path / "mix.json", [
+        {"task_name": "a", "path": "idx/a", "abs_weight": 1.0, "transforms": "add_template.py"}])
+    code, out, _ = run_cli(capsys, "validate", str(manifest))
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"{manifest}: valid (mix)"
+    assert len(lines) == 2 and "dataset 'a': transform script" in lines[1] and "--trust-scripts" in lines[1]
