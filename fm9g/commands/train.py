@@ -61,9 +61,10 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-CONTINUITY_KEYS = ("data", "model", "tokenizer", "seed", "batch_size", "max_length", "grad_accum", "delta")
-"""Train config keys whose change makes a resumed run another run (other data order, model or
-batches); changing the others (train_iters, lr, save, ...) is an ordinary continuation."""
+CONTINUITY_KEYS = ("data", "model", "tokenizer", "seed", "batch_size", "max_length", "delta")
+"""Train config keys whose change makes a resumed run another run (other data, packing or model);
+changing the others (train_iters, lr, save, ...) is an ordinary continuation — grad_accum included,
+which an elastic resume on another number of processes changes to keep the global batch."""
 
 
 def _change(key: str, before, after) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from fm9g.backends.models.attention import register_varlen_attention
-from fm9g.backends.models.presets import PRESETS, preset_config
+from fm9g.backends.models.presets import FIT_TOKENIZER, PRESETS, preset_config
 from fm9g.backends.weights.files import load_seed_pt
 from fm9g.backends.weights.names import seed_to_hf
 from fm9g.core.errors import Fm9gError, UnknownName
@@ -22,8 +22,11 @@ def load_seed_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return seed_to_hf(load_seed_pt(path))
 
 
-def model_config(model_cfg: dict[str, Any], *, base_dir: Path | None = None):
-    """The transformers config the ``model`` block describes (no weights loaded)."""
+def model_config(model_cfg: dict[str, Any], *, tokenizer_vocab: int | None = None):
+    """The transformers config the ``model`` block describes (no weights loaded).
+
+    ``model.vocab_size`` overrides a preset's vocabulary; a test-shape preset without it takes the
+    tokenizer's (``tokenizer_vocab``), so that it never generates ids the tokenizer cannot decode."""
     from transformers import AutoConfig
 
     if model_cfg.get("hf_path"):
@@ -32,8 +35,8 @@ def model_config(model_cfg: dict[str, Any], *, base_dir: Path | None = None):
     name = model_cfg["preset"]
     if name not in PRESETS:
         raise UnknownName("model preset", name, PRESETS, where="train config: model.preset")
-    overrides = {"vocab_size": model_cfg["vocab_size"]} if model_cfg.get("vocab_size") else {}
-    return preset_config(name, **overrides)
+    vocab = model_cfg.get("vocab_size") or (tokenizer_vocab if name in FIT_TOKENIZER else None)
+    return preset_config(name, **({"vocab_size": vocab} if vocab else {}))
 
 
 def _hf_dir(path: str | Path) -> Path:
@@ -61,7 +64,7 @@ def build_model(model_cfg: dict[str, Any], *, seed: int = 0, vocab_size: int | N
                                                      trust_remote_code=trust, attn_implementation=attention)
         model.to(device)
     else:
-        config = model_config(model_cfg)
+        config = model_config(model_cfg, tokenizer_vocab=vocab_size)
         config._attn_implementation = attention
         torch.manual_seed(seed)
         with torch.device(device):

@@ -34,7 +34,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "small-qwen2": ("qwen2", dict(_SMALL, vocab_size=512, tie_word_embeddings=False, rope_theta=1e6)),
     "small-llama": ("llama", dict(_SMALL, vocab_size=512, tie_word_embeddings=False, rope_theta=1e4)),
 }
-"""name -> (transformers model_type, config fields). ``tiny-*``/``small-*`` fit the byte tokenizer (260 ids)."""
+"""name -> (transformers model_type, config fields)."""
+
+FIT_TOKENIZER = frozenset(name for name in PRESETS if name.startswith(("tiny-", "small-")))
+"""Test shapes: built for a run, they take the run's tokenizer vocabulary (the byte tokenizer's 260
+ids, say) instead of their 512, so they never generate an id the tokenizer cannot decode."""
 
 
 def preset_config(name: str, **overrides: Any):

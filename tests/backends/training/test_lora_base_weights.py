@@ -50,7 +50,8 @@ def test_lora_on_a_bare_preset_exports_merged_without_base_and_matches_the_train
     assert main(["export", "--checkpoint", str(checkpoints[-1]), "--output", str(out), "--merge-lora"]) == 0
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
 
-    trained = PeftEngine().apply(build_model(config["model"], seed=config["seed"]), config["delta"])
+    base = build_model(config["model"], seed=config["seed"], vocab_size=260)  # the byte tokenizer the run used
+    trained = PeftEngine().apply(base, config["delta"])
     PeftEngine().load(trained, checkpoints[-1])
     trained.eval()
     assert any(v.abs().sum() > 0 for k, v in load_file(checkpoints[-1] / "adapter_model.safetensors").items()
