@@ -49,6 +49,8 @@ class MedicalO1Adapter:
                 return Skipped(f"missing_{field}")
             if not isinstance(item[field], str):
                 return Skipped(f"{field}_not_string")
+        if not item["Response"].strip():  # training on it would teach only the end-of-turn token
+            return Skipped("empty_Response")
         question = item["Question"]
         if language != "all" and is_chinese(question) != (language == "zh"):
             return Skipped(f"not_{language}")

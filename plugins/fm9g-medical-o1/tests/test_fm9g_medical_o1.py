@@ -99,3 +99,11 @@ def test_options_schema() -> None:
         validate_options(adapter, {"language": "fr"}, where="t")
     with pytest.raises(ValidationFailed):
         validate_options(adapter, {"include_cot": "yes"}, where="t")
+
+
+def test_an_empty_response_is_dropped_with_its_reason(tmp_path: Path) -> None:
+    assert MedicalO1Adapter.convert({"Question": "q", "Response": " \n"}) == Skipped("empty_Response")
+    raw = tmp_path / "medical.json"
+    raw.write_text(json.dumps([{"Question": "q1", "Response": ""}, {"Question": "q2", "Response": "answer"}]))
+    result = prepare(raw, tmp_path / "out", "medical-o1", {}, progress=False)
+    assert result.report["kept"] == 1 and result.report["dropped"] == {"empty_Response": 1}
