@@ -15,6 +15,9 @@ looks complete)::
 
 :class:`MaterializedStream` reads it with the same iteration and state API as
 :class:`fm9g.mixer.stream.MixtureStream` (rank r of W takes batches start+r, start+r+W, ...).
+Opening one checks every listed shard (:func:`check_shard`): a truncated copy, a shard from another
+mixture or tokenizer, or a hand-edited array would otherwise train on garbage or fail mid-run.
+A mixture of no batches is never written.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import numpy as np
 from fm9g.core.atomic import PendingDirectory, write_json_atomic
 from fm9g.core.errors import Fm9gError
 from fm9g.mixer.packing import PackedBatch, positions_from_cu_seqlens
+from fm9g.mixer.samples import IGNORE_INDEX
 
 FORMAT = "fm9g-mixture"
 STATE_FORMAT = "fm9g-materialized"
 VERSION = 1
 SHARD_TOKENS = 1 << 23
 FIELDS = ("input_ids", "targets", "task_ids")
+DTYPES = {"input_ids": np.int32, "targets": np.int32, "task_ids": np.int16, "cu_seqlens": np.int32,
+          "cu_offsets": np.int64}
 
 
 class MaterializedWriter:
@@ -83,7 +89,12 @@ class MaterializedWriter:
         self._reset()
 
     def finish(self, *, settings: dict[str, Any], final_state: dict[str, Any], report: dict[str, Any]) -> Path:
-        """Write the metadata files and rename the directory into place (replacing an old one)."""
+        """Write the metadata files and rename the directory into place (replacing an old one);
+        a mixture without a batch is refused (and nothing is published)."""
+        if self.batches == 0:
+            self.abort()
+            raise Fm9gError("the stream gave no batch, so there is no mixture to write", where=str(self.directory),
+                            fix="see the realized mixture above for why no dataset gave a sample")
         self._flush()
         description = {
             "format": FORMAT, "version": VERSION, **settings, "capacity": self.capacity,
@@ -118,7 +129,19 @@ class MaterializedStream:
         self.batch_size = int(self.description["batch_size"])
         self.capacity = int(self.description["capacity"])
         self.total_batches = int(self.description["batches"])
-        self._shard_starts = np.cumsum([0] + [shard["batches"] for shard in self.description["shards"]])
+        shards = self.description.get("shards")
+        if not isinstance(shards, list) or not all(
+                isinstance(shard, dict) and isinstance(shard.get("name"), str) and "/" not in shard["name"]
+                and isinstance(shard.get("batches"), int) for shard in shards):
+            raise Fm9gError("mixture.json lists no shards as [{\"name\": ..., \"batches\": ...}]",
+                            where=str(description_path), fix=REWRITE)
+        self._shard_starts = np.cumsum([0] + [shard["batches"] for shard in shards])
+        if int(self._shard_starts[-1]) != self.total_batches:
+            raise Fm9gError(f"the shards hold {int(self._shard_starts[-1])} batches but mixture.json says "
+                            f"{self.total_batches}", where=str(description_path), fix=REWRITE)
+        for shard in self.description["shards"]:
+            check_shard(self.directory / shard["name"], shard["batches"], capacity=self.capacity,
+                        vocab_size=self.description.get("vocab_size"), tasks=len(self.task_names))
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._tokenizer = None
         self._next_batch = 0
@@ -190,3 +213,69 @@ class MaterializedStream:
 
     def __len__(self) -> int:
         return self.total_batches
+
+
+REWRITE = "write the mixture again with fm9g mix --output, or restore the directory from an intact copy"
+
+
+def _array(folder: Path, name: str) -> np.ndarray:
+    path = folder / f"{name}.npy"
+    if not path.is_file():
+        raise Fm9gError("a shard file of the mixture is missing", where=str(path), fix=REWRITE)
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise Fm9gError(f"not a readable .npy array ({error})", where=str(path), fix=REWRITE) from None
+    if array.dtype != DTYPES[name]:
+        raise Fm9gError(f"dtype {array.dtype}, expected {np.dtype(DTYPES[name])}", where=str(path), fix=REWRITE)
+    return array
+
+
+def _outside(array: np.ndarray, low: int, high: int | None, allowed: int | None = None) -> int | None:
+    """The first value of ``array`` outside ``[low, high)`` (``high`` None: unbounded) other than
+    ``allowed``, or ``None``; read a block of rows at a time, so memory stays bounded."""
+    rows = max(1, (1 << 22) // max(array.shape[-1] if array.ndim > 1 else 1, 1))
+    for begin in range(0, len(array), rows):
+        block = np.asarray(array[begin:begin + rows])
+        bad = (block < low) | (block >= high) if high is not None else block < low
+        if allowed is not None:
+            bad &= block != allowed
+        if bad.any():
+            return int(block[bad].flat[0])
+    return None
+
+
+def check_shard(folder: Path, batches: int, *, capacity: int, vocab_size: int | None, tasks: int) -> None:
+    """Raise :class:`Fm9gError` naming the file and the problem unless ``folder`` holds the
+    ``batches`` packed rows ``mixture.json`` lists: every array present with its dtype and shape,
+    token ids in ``[0, vocab_size)`` (non-negative when no vocabulary size is recorded), targets
+    such ids or -100, task ids below the number of tasks (or -1, padding), and every batch's
+    ``cu_seqlens`` increasing from 0 to ``capacity``."""
+    if not folder.is_dir():
+        raise Fm9gError("a shard listed in mixture.json is missing", where=str(folder), fix=REWRITE)
+    arrays = {name: _array(folder, name) for name in DTYPES}
+    for name in FIELDS:
+        if arrays[name].shape != (batches, capacity):
+            raise Fm9gError(f"shape {arrays[name].shape}, expected ({batches}, {capacity}) (batches, capacity)",
+                            where=str(folder / f"{name}.npy"), fix=REWRITE)
+    offsets, cu_seqlens = np.asarray(arrays["cu_offsets"]), arrays["cu_seqlens"]
+    for name, array, expected in (("cu_offsets", offsets, f"({batches + 1},)"), ("cu_seqlens", cu_seqlens, "(n,)")):
+        if array.ndim != 1 or (name == "cu_offsets" and len(array) != batches + 1):
+            raise Fm9gError(f"shape {array.shape}, expected {expected}", where=str(folder / f"{name}.npy"), fix=REWRITE)
+    if offsets[0] != 0 or offsets[-1] != len(cu_seqlens) or np.any(np.diff(offsets) < 2):
+        raise Fm9gError(f"batch boundaries do not index cu_seqlens.npy ({len(cu_seqlens)} entries) from 0 to its "
+                        "end, at least two per batch", where=str(folder / "cu_offsets.npy"), fix=REWRITE)
+    bounds = np.asarray(cu_seqlens, dtype=np.int64)
+    starts, ends = offsets[:-1], offsets[1:] - 1
+    steps = np.diff(bounds)
+    steps[ends[:-1]] = 1  # the step from one batch's last boundary to the next batch's first
+    if np.any(bounds[starts] != 0) or np.any(bounds[ends] != capacity) or np.any(steps <= 0):
+        raise Fm9gError(f"a batch's boundaries do not increase from 0 to the capacity {capacity}",
+                        where=str(folder / "cu_seqlens.npy"), fix=REWRITE)
+    vocabulary = f"a token id below vocab_size {vocab_size}" if vocab_size is not None else "a non-negative token id"
+    for name, high, allowed, expected in (
+            ("input_ids", vocab_size, None, vocabulary), ("targets", vocab_size, IGNORE_INDEX, f"{vocabulary} or -100"),
+            ("task_ids", tasks, -1, f"a task id below {tasks} (the mixture's task count) or -1")):
+        value = _outside(arrays[name], 0, high, allowed)
+        if value is not None:
+            raise Fm9gError(f"holds {value}, expected {expected}", where=str(folder / f"{name}.npy"), fix=REWRITE)
