@@ -10,8 +10,10 @@ sees them, ``--plot FILE.png`` draws realized against target shares.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 NAME = "mix"
@@ -53,11 +55,13 @@ def _budget(args: argparse.Namespace, capacity: int) -> tuple[float | None, str]
 
 
 def _done(args: argparse.Namespace, recorder) -> bool:
+    """Whether the budget is spent; a ``--samples`` budget is the stream's own ``max_samples``
+    (it ends after exactly that many samples, mid-batch if need be)."""
     if args.tokens:
         return recorder.total_tokens >= args.tokens
     if args.train_iters:
         return recorder.batches >= args.train_iters
-    return recorder.total_samples >= (args.samples or DEFAULT_SAMPLES)
+    return False
 
 
 def _progress_total(args: argparse.Namespace) -> tuple[int, str]:
@@ -68,17 +72,23 @@ def _progress_total(args: argparse.Namespace) -> tuple[int, str]:
     return args.samples or DEFAULT_SAMPLES, "samples"
 
 
-def _log_departures() -> None:
-    """Show the mixer's one-line notices (a dataset leaving the mix, a failing transform) on stderr."""
+@contextlib.contextmanager
+def _log_departures() -> Iterator[None]:
+    """Show the mixer's one-line notices (a dataset leaving the mix, a skipped sample) on stderr
+    while the run lasts; the handler goes with the run, so it never writes to a stale stderr."""
     import logging
 
     logger = logging.getLogger("fm9g.mixer")
-    if not any(getattr(handler, "fm9g_mix", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("fm9g mix: %(message)s"))
-        handler.fm9g_mix = True
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fm9g mix: %(message)s"))
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,8 +116,11 @@ def run(args: argparse.Namespace) -> int:
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/yellow] {args.manifest}: {warning}")
 
+    samples = None if args.tokens or args.train_iters else args.samples or DEFAULT_SAMPLES
+
     def open_stream(workers: int = 0) -> MixtureStream:
-        return MixtureStream.from_manifest(manifest, trust_scripts=args.trust_scripts, workers=workers)
+        return MixtureStream.from_manifest(manifest, trust_scripts=args.trust_scripts, workers=workers,
+                                           max_samples=samples)
 
     stream = open_stream()
     console.print(f"[bold]{args.manifest}[/bold]: {len(manifest.datasets)} datasets ({manifest.form} form), "
@@ -122,14 +135,13 @@ def run(args: argparse.Namespace) -> int:
         print_preview(preview_samples(open_stream(), stream.task_names, stream.tokenizer, args.preview), console)
     if args.workers:
         stream = open_stream(args.workers)
-    _log_departures()
     writer = MaterializedWriter(args.output, capacity=stream.capacity, force=args.force) if args.output else None
     recorder = MixRecorder(stream.task_names, stream.tokenizer.bos_id)
     total, unit = _progress_total(args)
     started = time.perf_counter()
     try:
-        with tqdm(total=total, unit=f" {unit}", file=sys.stderr, disable=None, dynamic_ncols=True,
-                  desc="mixing") as bar:
+        with _log_departures(), tqdm(total=total, unit=f" {unit}", file=sys.stderr, disable=None,
+                                     dynamic_ncols=True, desc="mixing") as bar:
             for batch in stream:
                 recorder.add(batch)
                 if writer is not None:
@@ -144,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         if writer is not None:
             settings = {"task_names": stream.task_names, "tokenizer": stream.tokenizer.spec,
                         "tokenizer_fingerprint": stream.tokenizer.fingerprint, "pad_id": stream.tokenizer.pad_id,
+                        "vocab_size": stream.tokenizer.vocab_size,
                         "max_length": stream.max_length, "batch_size": stream.batch_size,
                         "manifest": manifest.as_json()}
             writer.finish(settings=settings, final_state=stream.state_dict(), report=report)
@@ -152,8 +165,6 @@ def run(args: argparse.Namespace) -> int:
         stream.close()
         if writer is not None:
             writer.abort()
-    if recorder.batches == 0:
-        console.print("[yellow]warning:[/yellow] the stream produced no batches (every dataset left the mix at once)")
     print_report(report, console)
     report_path = Path(args.report) if args.report else (Path(args.output) / "mix_report.json" if args.output
                                                          else Path("mix_report.json"))

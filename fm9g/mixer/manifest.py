@@ -21,13 +21,16 @@ from typing import Any
 
 import jsonschema
 
-from fm9g.core.errors import ValidationFailed
+from fm9g.core.errors import Fm9gError, ValidationFailed
 from fm9g.core.schemas import read_json, schema_problems
 from fm9g.mixer.transforms import DEFAULT_TRANSFORM, TransformRef, looks_like_script
 
 DEFAULTS: dict[str, Any] = {"seed": 42, "max_length": 4096, "batch_size": 1, "tokenizer": "byte"}
 PATH_TOKENIZERS = ("hf", "sentencepiece", "sp")
 RELATIVE_TOLERANCE = 0.05
+MAX_LENGTH_LIMIT = 1 << 20
+"""The largest ``max_length`` (1,048,576 tokens, also the schema's maximum): a packed row is
+allocated whole and filled before it is yielded, so a mistyped 1e11 would never yield a batch."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class DatasetSpec:
     allow_repeat: bool = True
     max_epochs: int | None = None
     oversize_rule: str = "segment"
+    max_transform_errors: int = 0
     dataset_name: str | None = None
     nlines: int | None = None
     ave_tokens_per_line: float | None = None
@@ -57,6 +61,7 @@ class DatasetSpec:
             "allow_repeat": self.allow_repeat,
             "max_epochs": self.max_epochs,
             "oversize_rule": self.oversize_rule,
+            "max_transform_errors": self.max_transform_errors,
             "nlines": self.nlines,
             "ave_tokens_per_line": self.ave_tokens_per_line,
         }
@@ -80,8 +85,17 @@ class Manifest:
         return [spec.task_name for spec in self.datasets]
 
     def with_overrides(self, **overrides: Any) -> Manifest:
-        """A copy with the given global settings replaced; ``None`` values are ignored."""
-        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
+        """A copy with the given global settings replaced; ``None`` values are ignored. An override
+        of ``max_length`` or ``batch_size`` (command line, train config) gets the schema's bounds."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        for key, low, high in (("max_length", 8, MAX_LENGTH_LIMIT), ("batch_size", 1, None)):
+            value = given.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low
+                                      or (high is not None and value > high)):
+                bounds = f"from {low} to {high:,}" if high else f"at least {low}"
+                raise Fm9gError(f"{key} must be an integer {bounds}, got {value!r}", where=key,
+                                fix=f"give {key} {bounds}")
+        return replace(self, **given)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -274,6 +288,7 @@ def manifest_from_document(document: Any, base_dir: Path, source: str, *, check_
                 allow_repeat=entry.get("allow_repeat", True),
                 max_epochs=entry.get("max_epochs"),
                 oversize_rule=entry.get("oversize_rule", "segment"),
+                max_transform_errors=int(entry.get("max_transform_errors", 0)) if form == "fm9g" else 0,
                 dataset_name=entry.get("dataset_name"),
                 **stats,
             )
@@ -283,8 +298,8 @@ def manifest_from_document(document: Any, base_dir: Path, source: str, *, check_
         form=form,
         datasets=tuple(datasets),
         seed=settings["seed"],
-        max_length=settings["max_length"],
-        batch_size=settings["batch_size"],
+        max_length=int(settings["max_length"]),
+        batch_size=int(settings["batch_size"]),
         tokenizer=resolve_tokenizer_spec(settings["tokenizer"], base_dir),
         warnings=tuple(warnings),
     )

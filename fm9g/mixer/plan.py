@@ -3,7 +3,8 @@
 Per dataset: weight and target share, rows, tokens per epoch (estimated by tokenizing a keyed
 random sample of rows through the dataset's real transform and oversize rule — the chat template
 counts), expected tokens and epochs over the budget, and a warning where a weight implies more
-epochs than the dataset may make, with the largest weight that would fit.
+epochs than the dataset may make, with the largest weight that would fit, and where the sampled
+rows' transform failures exceed the dataset's ``max_transform_errors`` (the run would stop).
 """
 
 from __future__ import annotations
@@ -12,25 +13,32 @@ from typing import Any
 
 import numpy as np
 
+from fm9g.mixer.samples import TRANSFORM_FAILED
+
 SAMPLE_ROWS = 256
 
 
-def tokens_per_epoch(stream: Any, index: int) -> dict[str, float]:
-    """Estimated kept tokens per epoch of dataset ``index`` and the mean kept sample length."""
+def tokens_per_epoch(stream: Any, index: int) -> dict[str, Any]:
+    """Estimated kept tokens per epoch of dataset ``index``, the mean kept sample length, and the
+    sampled rows whose transform failed (how many, and the first one's message)."""
     source = stream._sources[index]
     nlines = source.template.nlines
     if nlines == 0:
-        return {"tokens": 0.0, "mean_sample": 0.0, "kept_fraction": 0.0}
+        return {"tokens": 0.0, "mean_sample": 0.0, "kept_fraction": 0.0, "sampled": 0, "failed": 0, "first_failure": None}
     count = min(nlines, SAMPLE_ROWS)
     task = source._task(0, 0, count)
     chunk = source.builder.build(task)
     kept = chunk.kept.astype(np.float64)
     mean_kept = float(kept.mean())
     kept_fraction = float(np.count_nonzero(kept) / len(kept))
+    failed = np.flatnonzero(np.isin(chunk.status, list(TRANSFORM_FAILED)))
     return {
         "tokens": mean_kept * nlines,
         "mean_sample": float(kept[kept > 0].mean()) if kept_fraction else 0.0,
         "kept_fraction": kept_fraction,
+        "sampled": count,
+        "failed": len(failed),
+        "first_failure": f"row {int(chunk.rows[failed[0]])}: {chunk.errors[int(failed[0])]}" if len(failed) else None,
     }
 
 
@@ -60,7 +68,13 @@ def make_plan(stream: Any, *, budget_tokens: float | None, budget_note: str) -> 
             "mean_sample_tokens": round(estimate["mean_sample"], 1), "kept_fraction": round(estimate["kept_fraction"], 4),
             "expected_tokens": round(expected), "expected_epochs": round(epochs, 4) if np.isfinite(epochs) else None,
             "allowed_epochs": None if limit == float("inf") else limit,
+            "max_transform_errors": spec.max_transform_errors, "sampled_transform_failures": estimate["failed"],
         }
+        if estimate["failed"] > spec.max_transform_errors:
+            warnings.append(
+                f"{spec.where} ({spec.task_name}): the transform failed on {estimate['failed']} of the "
+                f"{estimate['sampled']} rows sampled for the plan ({estimate['first_failure']}); the run stops at "
+                f"the first failure beyond max_transform_errors={spec.max_transform_errors}")
         if share > 0 and epochs > limit:
             fit_share = limit * estimate["tokens"] / budget_tokens
             others = float(weights.sum() - spec.abs_weight)

@@ -18,6 +18,11 @@ from typing import Any
 
 log = logging.getLogger("fm9g.mixer")
 
+PLANNED_EXITS = frozenset({"zero weight", "exhausted", "max_epochs reached", "epoch limit reached"})
+"""Reasons for leaving the mix that the manifest asked for (a zero weight, ``allow_repeat: false``
+running out of rows, ``max_epochs``). Any other exit (no rows, every sample of an epoch dropped)
+means the mixture is no longer what the manifest describes; the stream makes that an error."""
+
 
 @dataclass
 class DatasetProgress:

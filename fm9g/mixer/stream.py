@@ -10,6 +10,10 @@ is identical on every rank and can be resumed with any number of ranks.
 
 The state is: the batch counter, each dataset's (epoch, position, token counters, drop counts),
 and the sample being packed when the batch filled (a reference to its row, not its tokens).
+
+A stream whose output would no longer be the mixture asked for stops with an :class:`Fm9gError`
+instead: a transform failing (beyond the dataset's ``max_transform_errors``), a dataset leaving the
+mix for a reason the manifest did not plan (:data:`PLANNED_EXITS`), a stream with no batch at all.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from fm9g.core.errors import Fm9gError
 from fm9g.core.protocols import Tokenizer
 from fm9g.mixer.manifest import Manifest, load_manifest
 from fm9g.mixer.packing import PackedBatch, Piece, pack
-from fm9g.mixer.samples import DROPPED, STATUS_NAMES, TRANSFORM_ERROR, Chunk, windows
-from fm9g.mixer.scheduler import DatasetPolicy, DatasetProgress, Scheduler
+from fm9g.mixer.samples import DROPPED, INVALID_UTF8, STATUS_NAMES, TRANSFORM_FAILED, Chunk, windows
+from fm9g.mixer.scheduler import PLANNED_EXITS, DatasetPolicy, DatasetProgress, Scheduler
 from fm9g.mixer.sources import ChunkBuilder, ChunkTask, PrefetchThread, SampleSource, init_worker, open_dataset
 from fm9g.mixer.transforms import bind_transform
 
@@ -34,7 +38,6 @@ __all__ = ["MixtureStream", "PackedBatch"]
 
 STATE_FORMAT = "fm9g-stream"
 STATE_VERSION = 1
-RESTARTABLE = {"zero weight", "exhausted", "max_epochs reached", "epoch limit reached"}
 log = logging.getLogger("fm9g.mixer")
 
 
@@ -64,6 +67,7 @@ class MixtureStream:
         state: dict[str, Any] | None = None,
         workers: int = 0,
         prefetch: bool = True,
+        max_samples: int | None = None,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise Fm9gError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -96,7 +100,11 @@ class MixtureStream:
         if state is not None and state.get("current"):
             self._restore_current(state["current"])
         self._finished = False
-        self._reported_errors: set[int] = set()
+        self._reported: set[tuple[int, int]] = set()
+        self._sample_limit, self._drawn = max_samples, 0
+        for index, state in enumerate(self.scheduler.progress):
+            if not state.active and state.left_reason not in PLANNED_EXITS:
+                raise self._unplanned_exit(index)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -114,13 +122,15 @@ class MixtureStream:
         seed: int | None = None,
         workers: int = 0,
         prefetch: bool = True,
+        max_samples: int | None = None,
     ) -> MixtureStream:
         """The stream a manifest describes; arguments given here override the manifest's settings.
 
         ``workers`` > 0 tokenizes in that many worker processes; otherwise, with ``prefetch`` and a
         tokenizer that works outside the GIL (``hf``), one background thread tokenizes each
         dataset's next chunk while the stream finishes and packs the current one. Neither changes
-        the stream's output."""
+        the stream's output. ``max_samples`` ends the stream after that many samples (counted from
+        where it starts; the last one's ``segment`` windows included)."""
         if not isinstance(manifest, Manifest):
             manifest = load_manifest(manifest)
         spec = tokenizer if isinstance(tokenizer, str) else None
@@ -132,7 +142,7 @@ class MixtureStream:
         else:
             manifest = manifest.with_overrides(tokenizer=tokenizer.spec)
         return cls(manifest, tokenizer=tokenizer, trust_scripts=trust_scripts, rank=rank,
-                   world_size=world_size, state=state, workers=workers, prefetch=prefetch)
+                   world_size=world_size, state=state, workers=workers, prefetch=prefetch, max_samples=max_samples)
 
     def _source(self, spec: Any, dataset: Any, policy: DatasetPolicy, trust_scripts: bool) -> SampleSource:
         transform = bind_transform(spec.transform, trust_scripts=trust_scripts, where=f"{self.manifest.source}: {spec.where}")
@@ -195,7 +205,7 @@ class MixtureStream:
                     f"dataset '{fresh.task_name}' has {fresh.nlines} rows but the saved stream state was made "
                     f"with {old.nlines}", where="stream state",
                     fix="restore the original data, or give the changed dataset a new task_name to start it afresh")
-            if not old.active and old.left_reason in RESTARTABLE and policy.weight > 0 and policy.may_start_epoch(old.epoch):
+            if not old.active and old.left_reason in PLANNED_EXITS and policy.weight > 0 and policy.may_start_epoch(old.epoch):
                 old.active, old.left_at_batch, old.left_reason = True, None, None
             if mix_changed:
                 old.tokens = 0
@@ -214,9 +224,10 @@ class MixtureStream:
 
     # ------------------------------------------------------------------ the stream
     def _draw(self) -> bool:
-        """Take the next sample from the dataset furthest behind target; ``False`` when none is left."""
+        """Take the next sample from the dataset furthest behind target; ``False`` when none is left
+        (or ``max_samples`` were taken)."""
         scheduler = self.scheduler
-        while True:
+        while self._sample_limit is None or self._drawn < self._sample_limit:
             index = scheduler.choose()
             if index is None:
                 return False
@@ -224,15 +235,53 @@ class MixtureStream:
             epoch, position = progress.epoch, progress.position
             chunk, k = self._sources[index].get(epoch, position)
             status, kept = int(chunk.status[k]), int(chunk.kept[k])
+            if status in TRANSFORM_FAILED or status == INVALID_UTF8:
+                self._skip_failed(index, chunk, k, status)
             scheduler.consume(index, kept, STATUS_NAMES[status] if status else None, self._next_batch)
+            if not progress.active and progress.left_reason not in PLANNED_EXITS:
+                raise self._unplanned_exit(index)
             if status in DROPPED:
-                if status == TRANSFORM_ERROR and index not in self._reported_errors and chunk.errors:
-                    self._reported_errors.add(index)
-                    log.warning("transform of '%s' failed (counted, sample skipped): %s",
-                                self.task_names[index], chunk.errors[0])
                 continue
             self._current = _Current(index, epoch, position, chunk, windows(int(chunk.offsets[k]), kept, self.max_length))
+            self._drawn += 1
             return True
+        return False
+
+    def _skip_failed(self, index: int, chunk: Chunk, k: int, status: int) -> None:
+        """Let a failed transform's sample be skipped while the dataset's ``max_transform_errors``
+        allows it (and always text with lone surrogates, skipped like ``fm9g index`` skips it),
+        logging the first of each kind; raise when the allowance is used up."""
+        spec, progress = self.manifest.datasets[index], self.scheduler.progress[index]
+        row, detail = int(chunk.rows[k]), chunk.errors.get(k, "failed")
+        transform = spec.transform.name or spec.transform.script
+        failed = f"transform '{transform}' of dataset '{spec.task_name}' on row {row} (epoch {chunk.epoch}): {detail}"
+        if status in TRANSFORM_FAILED:
+            skipped = sum(progress.counts.get(STATUS_NAMES[failure], 0) for failure in TRANSFORM_FAILED)
+            if skipped >= spec.max_transform_errors:
+                so_far = f", {skipped} skipped so far" if skipped else ""
+                raise Fm9gError(
+                    failed, where=f"{self.manifest.source}: {spec.where}",
+                    fix=f"fix the transform or the row, or let up to N failing samples be skipped and counted with "
+                        f"\"max_transform_errors\": N in this dataset's entry (now {spec.max_transform_errors}{so_far})")
+        if (index, status) not in self._reported:
+            self._reported.add((index, status))
+            log.warning("%s; skipped and counted as %s (first of this dataset)", failed, STATUS_NAMES[status])
+
+    def _unplanned_exit(self, index: int) -> Fm9gError:
+        """The error for a dataset leaving the mix for a reason the manifest did not ask for."""
+        spec, progress = self.manifest.datasets[index], self.scheduler.progress[index]
+        where = f"{self.manifest.source}: {spec.where}"
+        if progress.left_reason == "no rows":
+            return Fm9gError(f"dataset '{spec.task_name}' has no rows, so it cannot have its share of the mixture",
+                             where=where, fix="index data into it with fm9g index, or remove it from the manifest")
+        dropped = {STATUS_NAMES[status] for status in DROPPED}
+        drops = ", ".join(f"{reason} {count}" for reason, count in progress.counts.items() if reason in dropped)
+        return Fm9gError(
+            f"every one of the {progress.nlines} rows of dataset '{spec.task_name}' was dropped in epoch "
+            f"{progress.epoch} (dropped so far: {drops}); it would leave the mixture at batch "
+            f"{progress.left_at_batch} and the others would take its share", where=where,
+            fix="input_too_long/too_long: raise max_length or use oversize_rule \"segment\"; transform_error/"
+                "bad_transform_output/invalid_utf8: fix the transform or the data; or remove the dataset")
 
     def _collect(self) -> list[Piece]:
         """The pieces of the next global batch (empty when the stream is exhausted)."""
@@ -275,8 +324,16 @@ class MixtureStream:
         if own is None:
             self._finished = True
             self.close()
+            if self._next_batch == 0:
+                raise self._no_batch()
             raise StopIteration
         return own
+
+    def _no_batch(self) -> Fm9gError:
+        """The error for a stream that has no batch at all (an empty mixture would train on nothing)."""
+        left = ", ".join(f"'{state.task_name}' {state.left_reason or 'active'}" for state in self.scheduler.progress)
+        return Fm9gError(f"the mixture has no batch (datasets: {left})", where=self.manifest.source,
+                         fix="give the stream a sample budget of at least 1 and datasets with samples that fit max_length")
 
     @property
     def progress(self) -> list[DatasetProgress]:

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write_seed_dataset(directory: Path, records: Sequence[dict[str, Any]], *, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``records`` as a seed-format indexed dataset directory and return it."""
+def write_seed_dataset(directory: Path, records: Sequence[dict[str, Any]], *, meta: dict[str, Any] | None = None,
+                       ensure_ascii: bool = False) -> Path:
+    """Write ``records`` as a seed-format indexed dataset directory and return it (``ensure_ascii``:
+    as ``\\u`` escapes, the only way a line can hold a lone surrogate)."""
     directory.mkdir(parents=True, exist_ok=True)
     offsets = [0]
     with open(directory / "data.jsonl", "wb") as handle:
         for record in records:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+            line = (json.dumps(record, ensure_ascii=ensure_ascii) + "\n").encode("utf-8")
             handle.write(line)
             offsets.append(offsets[-1] + len(line))
     (directory / "index").write_text("".join(f"{offset}\n" for offset in offsets))

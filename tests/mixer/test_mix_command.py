@@ -53,12 +53,13 @@ def test_object_manifest_plan_run_report_preview_plot_and_output(examples_dir):
     assert "[prompt] <|im_start|>system" in result.stdout or "[prompt] " in result.stdout
     assert "[trained] " in result.stdout
     report = json.loads((examples_dir / "mixed" / "mix_report.json").read_text())
-    assert report["samples"] >= 600 and {d["task_name"] for d in report["datasets"]} == {"pretrain", "alpaca", "medical"}
+    assert report["samples"] == 600 and {d["task_name"] for d in report["datasets"]} == {"pretrain", "alpaca", "medical"}
     assert report["max_share_error_pp"] < 0.5 and 0.5 < report["packing_efficiency"] <= 1
     assert (examples_dir / "share.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     materialized = list(MaterializedStream(examples_dir / "mixed"))
-    live = MixtureStream.from_manifest(examples_dir / "mix.json")
-    assert len(materialized) == report["batches"]
+    live = MixtureStream.from_manifest(examples_dir / "mix.json", max_samples=600)
+    assert len(materialized) == report["batches"] == len(list(MixtureStream.from_manifest(
+        examples_dir / "mix.json", max_samples=600)))
     for stored, batch in zip(materialized, live):
         for field in ("input_ids", "targets", "position_ids", "task_ids", "cu_seqlens"):
             np.testing.assert_array_equal(getattr(stored, field), getattr(batch, field), err_msg=field)
