@@ -112,3 +112,15 @@ def test_wrong_types_are_schema_problems(datasets):
     assert "$.max_length: 'long' is not of type 'integer'" in problems
     assert "$.datasets[0].task_name: 3 is not of type 'string'" in problems
     assert "$.datasets[0].abs_weight: 'x' is not of type 'number'" in problems
+
+
+def test_weights_so_large_that_their_sum_overflows_are_refused(tmp_path):
+    """Two weights of 1e308 sum to infinity: every target share became 0 and the report claimed a
+    0.000 pp error for a 50 % mixture. The schema bounds a weight so the sum stays finite."""
+    from fm9g.mixer.manifest import manifest_problems
+
+    document = {"datasets": [{"task_name": "a", "path": "a", "abs_weight": 1e308},
+                             {"task_name": "b", "path": "b", "abs_weight": 1e15}]}
+    problems = manifest_problems(document, None)
+    assert any(p.startswith("$.datasets[0].abs_weight: 1e+308 is greater than the maximum of 1000000000000000.0") for p in problems)
+    assert not any("datasets[1]" in p for p in problems)
