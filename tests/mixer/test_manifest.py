@@ -124,3 +124,15 @@ def test_weights_so_large_that_their_sum_overflows_are_refused(tmp_path):
     problems = manifest_problems(document, None)
     assert any(p.startswith("$.datasets[0].abs_weight: 1e+308 is greater than the maximum of 1000000000000000.0") for p in problems)
     assert not any("datasets[1]" in p for p in problems)
+
+
+def test_the_seed_list_form_names_a_transform_plugin_with_options(tmp_path):
+    from fm9g.mixer.manifest import manifest_from_document, manifest_problems
+
+    document = [{"task_name": "a", "path": "a", "abs_weight": 1.0,
+                 "transforms": {"name": "chatml", "options": {"system": "You are a doctor."}}}]
+    assert manifest_problems(document, None) == []
+    spec = manifest_from_document(document, tmp_path, "mix.json", check_paths=False).datasets[0]
+    assert (spec.transform.name, spec.transform.options) == ("chatml", {"system": "You are a doctor."})
+    bad = [{**document[0], "transforms": {"name": "chatml", "options": {"sistem": "x"}}}]
+    assert any("sistem" in problem for problem in manifest_problems(bad, None))
