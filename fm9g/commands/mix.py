@@ -23,7 +23,12 @@ DEFAULT_SAMPLES = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="mix.json (the seed's list form or fm9g's object form)")
+    parser.add_argument("--manifest", help="mix.json (the seed's list form or fm9g's object form); default: "
+                                           "the train config's data.manifest")
+    parser.add_argument("--train-config", metavar="FILE",
+                        help="describe what this train config's run will get: its max_length, batch_size, "
+                             "tokenizer and trust_scripts, and (without another budget) train_iters × grad_accum "
+                             "global batches")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--tokens", type=int, metavar="N", help="run until N non-padding tokens")
     budget.add_argument("--train-iters", type=int, metavar="N", help="run N global batches (one per train iteration)")
@@ -32,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples as the model sees them")
     parser.add_argument("--plot", metavar="FILE.png", help="draw realized vs target token share over the run")
     parser.add_argument("--output", metavar="DIR", help="materialize the packed stream into DIR (for fm9g train)")
-    parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --output directory (one fm9g wrote) or report file")
     parser.add_argument("--report", metavar="FILE",
                         help="where to write mix_report.json (default: ./mix_report.json, or DIR/ with --output)")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
@@ -44,6 +50,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="override the tokenizer spec: byte, hf:PATH, sp:PATH.model")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="tokenize ahead in N worker processes (the output does not depend on N)")
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    """The packing a train config gives its run (and its manifest and budget, where the command line
+    names none); ``{}`` without ``--train-config``."""
+    if not args.train_config:
+        return {}
+    from fm9g.backends.training.config import load_train_config
+
+    config = load_train_config(args.train_config)
+    if not args.manifest and config["data"].get("manifest"):
+        args.manifest = config["data"]["manifest"]
+    if not (args.tokens or args.train_iters or args.samples):
+        args.train_iters = config["train_iters"] * config["grad_accum"]
+    return {key: config[key] for key in ("max_length", "batch_size", "tokenizer", "trust_scripts")}
+
+
+def _source(key: str, args: argparse.Namespace, train: dict, manifest) -> str:
+    """Where the run's ``max_length`` / ``batch_size`` comes from, for the header."""
+    if getattr(args, key) is not None:
+        return f"--{key.replace('_', '-')}"
+    if key in train:
+        return f"from {args.train_config}"
+    return "from the manifest" if manifest.form == "fm9g" else "the seed list form's default"
 
 
 def _budget(args: argparse.Namespace, capacity: int) -> tuple[float | None, str]:
@@ -111,23 +141,36 @@ def run(args: argparse.Namespace) -> int:
                         (args.max_length, "--max-length"), (args.batch_size, "--batch-size")):
         if value is not None and value < 1:
             raise Fm9gError(f"{flag} must be at least 1, got {value}", where=flag)
-    manifest = load_manifest(args.manifest).with_overrides(
-        seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, tokenizer=args.tokenizer)
+    train = _train_settings(args)
+    if not args.manifest:
+        raise Fm9gError("no manifest", where="fm9g mix", fix="pass --manifest mix.json, or --train-config whose "
+                                                          "data.manifest names one")
+    manifest = load_manifest(args.manifest)
+    packing_source = {key: _source(key, args, train, manifest) for key in ("max_length", "batch_size")}
+    manifest = manifest.with_overrides(
+        seed=args.seed, max_length=args.max_length or train.get("max_length"),
+        batch_size=args.batch_size or train.get("batch_size"), tokenizer=args.tokenizer or train.get("tokenizer"))
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/yellow] {args.manifest}: {warning}")
+    report_path = Path(args.report) if args.report else (Path(args.output) / "mix_report.json" if args.output
+                                                         else Path("mix_report.json"))
+    if not args.plan_only and not args.output and report_path.exists() and not args.force:
+        raise Fm9gError("the report exists", where=str(report_path),
+                        fix="pass --force to replace it, or --report PATH to write another")
+    trust_scripts = args.trust_scripts or bool(train.get("trust_scripts"))
 
     samples = None if args.tokens or args.train_iters else args.samples or DEFAULT_SAMPLES
 
     def open_stream(workers: int = 0) -> MixtureStream:
-        return MixtureStream.from_manifest(manifest, trust_scripts=args.trust_scripts, workers=workers,
+        return MixtureStream.from_manifest(manifest, trust_scripts=trust_scripts, workers=workers,
                                            max_samples=samples)
 
     stream = open_stream()
     console.print(f"[bold]{args.manifest}[/bold]: {len(manifest.datasets)} datasets ({manifest.form} form), "
-                  f"tokenizer {stream.tokenizer.spec}, max_length {stream.max_length}, batch_size "
-                  f"{stream.batch_size}, seed {manifest.seed}")
+                  f"tokenizer {stream.tokenizer.spec}, seed {manifest.seed}; packing max_length {stream.max_length} "
+                  f"({packing_source['max_length']}), batch_size {stream.batch_size} ({packing_source['batch_size']})")
     budget_tokens, budget_note = _budget(args, stream.capacity)
-    plan = make_plan(stream, budget_tokens=budget_tokens, budget_note=budget_note)
+    plan = make_plan(stream, budget_tokens=budget_tokens, budget_note=budget_note, budget_samples=samples)
     print_plan(plan, console)
     if args.plan_only:
         return 0
@@ -166,8 +209,6 @@ def run(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.abort()
     print_report(report, console)
-    report_path = Path(args.report) if args.report else (Path(args.output) / "mix_report.json" if args.output
-                                                         else Path("mix_report.json"))
     if not (args.output and not args.report):
         write_json_atomic(report_path, report)
     console.print(f"report: {report_path}" + (f"; packed stream: {args.output}" if args.output else ""))

@@ -48,12 +48,21 @@ def allowed_epochs(spec: Any) -> float:
     return float(spec.max_epochs) if spec.max_epochs else float("inf")
 
 
-def make_plan(stream: Any, *, budget_tokens: float | None, budget_note: str) -> dict[str, Any]:
-    """The plan as a JSON-ready dict; ``budget_tokens`` None means one pass over every dataset."""
+def make_plan(stream: Any, *, budget_tokens: float | None, budget_note: str,
+              budget_samples: int | None = None) -> dict[str, Any]:
+    """The plan as a JSON-ready dict. The budget is ``budget_tokens``, else ``budget_samples``
+    samples (turned into tokens with each dataset's mean sample length at its share), else one pass
+    over every dataset."""
     specs = stream.manifest.datasets
     weights = np.array([spec.abs_weight for spec in specs], dtype=float)
     shares = weights / weights.sum()
     estimates = [tokens_per_epoch(stream, index) for index in range(len(specs))]
+    if budget_tokens is None and budget_samples:
+        samples_per_token = sum(share / estimate["mean_sample"] for share, estimate in zip(shares, estimates)
+                                if estimate["mean_sample"])
+        budget_tokens = budget_samples / samples_per_token if samples_per_token else 0.0
+        budget_note = (f"--samples {budget_samples:,} × ≈{1 / samples_per_token:,.0f} tokens a sample"
+                       if samples_per_token else f"--samples {budget_samples:,}")
     if budget_tokens is None:
         budget_tokens = float(sum(estimate["tokens"] for estimate in estimates))
         budget_note = "one pass over all datasets"

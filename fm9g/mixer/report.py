@@ -61,6 +61,18 @@ class MixRecorder:
         return int(self.samples.sum())
 
 
+def transform_provenance(transform: Any) -> dict[str, Any]:
+    """What a dataset's transform was: the plugin, its version and distribution, and its options as
+    they took effect (defaults filled in), or the script's path."""
+    from fm9g.core.plugins import registry, validate_options
+
+    if transform.script:
+        return {"script": str(transform.script)}
+    info = registry().info("transform", transform.name)
+    return {"name": info.name, "version": info.version, "distribution": info.distribution,
+            "options": validate_options(info.obj, transform.options, where=f"transform {info.name}")}
+
+
 def realized_report(recorder: MixRecorder, stream: Any, *, seconds: float, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The realized mixture as a JSON-ready dict (the content of ``mix_report.json``)."""
     specs = stream.manifest.datasets
@@ -72,6 +84,7 @@ def realized_report(recorder: MixRecorder, stream: Any, *, seconds: float, plan:
         share = recorder.tokens[index] / total
         datasets.append({
             "task_name": spec.task_name,
+            "transform": transform_provenance(spec.transform),
             "abs_weight": spec.abs_weight,
             "target_share": float(targets[index]),
             "realized_share": float(share),

@@ -144,3 +144,30 @@ def test_materialized_ranks_and_resume_cover_every_batch_once(examples_dir, tmp_
     aborted.add(batches[0])
     aborted.abort()
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_mix_describes_the_run_a_train_config_makes(examples_dir):
+    """The plan follows --samples; --train-config gives its packing (not the seed list form's 4096)
+    and budget; an existing report is not replaced silently; the report names each transform's
+    plugin, version and effective options."""
+    small = fm9g("mix", "--manifest", "mix.json", "--samples", "200", "--plan-only", cwd=examples_dir)
+    large = fm9g("mix", "--manifest", "mix.json", "--samples", "400", "--plan-only", cwd=examples_dir)
+    budget = [int(r.stdout.split("plan: ")[1].split(" tokens")[0].replace(",", "")) for r in (small, large)]
+    assert small.returncode == 0 and 1.9 < budget[1] / budget[0] < 2.1
+
+    (examples_dir / "train.json").write_text(json.dumps({
+        "data": {"manifest": "mix_seed.json"}, "model": {"preset": "tiny-llama"}, "save": "run", "train_iters": 5,
+        "grad_accum": 2, "max_length": 1024, "batch_size": 1, "trust_scripts": True}))
+    planned = fm9g("mix", "--train-config", "train.json", "--plan-only", cwd=examples_dir)
+    assert planned.returncode == 0, planned.stderr
+    header = " ".join(planned.stdout.split())  # the console may wrap the long header
+    assert "packing max_length 1024 (from train.json), batch_size 1 (from train.json)" in header
+    assert "--train-iters 10 × 1,024 tokens" in header  # train_iters × grad_accum global batches
+
+    first = fm9g("mix", "--manifest", "mix.json", "--samples", "20", "--report", "r.json", cwd=examples_dir)
+    assert first.returncode == 0, first.stderr
+    again = fm9g("mix", "--manifest", "mix.json", "--samples", "20", "--report", "r.json", cwd=examples_dir)
+    assert again.returncode == 2 and "the report exists" in again.stderr and "--force" in again.stderr
+    transforms = {d["task_name"]: d["transform"] for d in json.loads((examples_dir / "r.json").read_text())["datasets"]}
+    chatml = next(t for t in transforms.values() if t.get("name") == "chatml")
+    assert chatml["version"] and chatml["distribution"] == "fm9g" and "system" in chatml["options"]
