@@ -6,6 +6,7 @@ with the known ones and a did-you-mean. ``FM9G_DISABLE_PLUGINS=1`` loads built-i
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -198,10 +199,17 @@ def validate_options(plugin: Any, options: dict[str, Any] | None, *, where: str)
     options = dict(options or {})
     schema = plugin.options_schema
     validator = jsonschema.Draft202012Validator(schema)
+    known = list(schema.get("properties", {}))
+    closed = schema.get("additionalProperties", True) is False
     problems = [
         f"{error.json_path.replace('$', 'options', 1)}: {error.message}"
         for error in sorted(validator.iter_errors(options), key=lambda e: list(e.path))
+        if not (closed and error.validator == "additionalProperties" and not error.path)
     ]
+    for key in (key for key in options if closed and key not in known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        problems.append(f"options.{key}: unknown option ({hint}known: {', '.join(known) or 'none'})")
     if problems:
         raise ValidationFailed(f"{where} ({plugin.name})", problems)
     for key, spec in schema.get("properties", {}).items():

@@ -191,7 +191,8 @@ def test_installed_plugin_is_usable(probe: dict) -> None:
 
 
 def test_plugin_options_are_validated(probe: dict) -> None:
-    assert probe["bad_options"].startswith("mix.json $.datasets[0] (shout): options: Additional properties")
+    assert probe["bad_options"] == ("mix.json $.datasets[0] (shout): options.sufix: unknown option "
+                                    "(did you mean 'suffix'? known: suffix)")
 
 
 def test_unknown_name_suggests_the_installed_one(probe: dict) -> None:

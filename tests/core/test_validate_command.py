@@ -37,8 +37,9 @@ def test_train_config_backend_and_its_options_are_checked_like_train_does(tmp_pa
     path = write(tmp_path / "train.json", config)
     code, out, _ = run_cli(capsys, "validate", str(path))
     assert code == 2
-    assert out.splitlines() == [f"{path}: $.backend_options (bmtrain): options: Additional properties are not "
-                                f"allowed ('checkpoint_block' was unexpected)"]
+    assert out.splitlines() == [f"{path}: $.backend_options (bmtrain): options.checkpoint_block: unknown option "
+                                f"(did you mean 'checkpoint_blocks'? known: loss_scale, loss_scale_factor, "
+                                f"loss_scale_steps, checkpoint_blocks)"]
     path = write(tmp_path / "typo.json", dict(example("train"), backend="bmtrian"))
     code, out, _ = run_cli(capsys, "validate", str(path))
     assert code == 2 and "did you mean 'bmtrain'?" in out and out.startswith(f"{path}: $.backend: unknown backend")

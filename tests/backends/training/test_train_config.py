@@ -64,7 +64,7 @@ def test_overrides_reach_into_backend_options_which_the_backend_checks(tmp_path)
     config = load_train_config(path, ["backend_options.checkpoint_blocks=10", "backend_options.loss_scale=1024"])
     assert config["backend_options"] == {"checkpoint_blocks": 10, "loss_scale": 1024, "loss_scale_factor": 2,
                                          "loss_scale_steps": 1024}  # the backend's defaults filled in
-    with pytest.raises(ValidationFailed, match="'checkpoint_block' was unexpected"):
+    with pytest.raises(ValidationFailed, match="checkpoint_block: unknown option \\(did you mean 'checkpoint_blocks'"):
         load_train_config(path, ["backend_options.checkpoint_block=10"])
     assert validate_options(get_plugin("backend", "bmtrain"), config["backend_options"], where="t") == \
         config["backend_options"]
