@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fm9g.core.atomic import PendingDirectory, write_json_atomic
+from fm9g.core.atomic import PendingDirectory, check_replaceable, write_json_atomic
 from fm9g.core.errors import Fm9gError
 from fm9g.mixer.packing import PackedBatch, positions_from_cu_seqlens
 from fm9g.mixer.samples import IGNORE_INDEX
@@ -50,6 +50,8 @@ class MaterializedWriter:
         if self.directory.exists() and not force:
             raise Fm9gError("output directory already exists", where=str(self.directory),
                             fix="pass --force to replace it, or choose another --output")
+        if force:
+            check_replaceable(self.directory)  # --force replaces only a directory fm9g wrote
         self._pending = PendingDirectory(self.directory, replace=force)
         self.temporary = self._pending.path
         self.capacity = capacity

@@ -171,3 +171,16 @@ def test_mix_describes_the_run_a_train_config_makes(examples_dir):
     transforms = {d["task_name"]: d["transform"] for d in json.loads((examples_dir / "r.json").read_text())["datasets"]}
     chatml = next(t for t in transforms.values() if t.get("name") == "chatml")
     assert chatml["version"] and chatml["distribution"] == "fm9g" and "system" in chatml["options"]
+
+
+def test_output_force_replaces_only_a_mixture_fm9g_wrote(examples_dir, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    refused = fm9g("mix", "--manifest", str(examples_dir / "mix.json"), "--samples", "20", "--output", str(notes),
+                   "--force", cwd=examples_dir)
+    assert refused.returncode == 2 and "only directories fm9g wrote" in refused.stderr
+    assert (notes / "todo.txt").read_text() == "mine"
+    here = fm9g("mix", "--manifest", "mix.json", "--samples", "20", "--output", ".", "--force", cwd=examples_dir)
+    assert here.returncode == 2 and "holds the current or home directory" in here.stderr
+    assert (examples_dir / "mix.json").is_file()
