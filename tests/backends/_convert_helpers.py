@@ -1,5 +1,5 @@
 """Builders for the conversion/export tests: tiny real models, seed .pt files and training checkpoints
-laid out exactly as COMMON contract 3 describes (written here, independent of the trainer)."""
+laid out exactly as fm9g train writes them (written here, independent of the trainer)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def make_batches(count: int, *, batch_size: int = 2, max_length: int = 64, seed:
 
 
 class ListStream:
-    """A finite packed stream honouring contract 2's iteration and state API."""
+    """A finite packed stream with the mixer stream's iteration and JSON state API."""
 
     def __init__(self, count: int = 64, *, rank: int = 0, world_size: int = 1, state: dict | None = None,
                  batch_size: int = 2, max_length: int = 64, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Models from presets, HF directories and seed ``.pt`` files (bmtrain names, FACTS.md map)."""
+"""Models from presets, HF directories and seed ``.pt`` files (bmtrain names mapped to HF names)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A packed batch's loss equals the token-weighted losses of its samples run one by one (SPEC §7.2)."""
+"""A packed batch's loss equals the token-weighted losses of its samples run one by one."""
 
 from __future__ import annotations
 

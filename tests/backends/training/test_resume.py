@@ -1,4 +1,4 @@
-"""Exact resume: the losses and weights after a resume equal an uninterrupted run's (SPEC §7.5)."""
+"""Exact resume: the losses and weights after a resume equal an uninterrupted run's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seed <-> HF parameter-name map (FACTS.md table, ordered substring replacement) and LoRA key maps."""
+"""The seed <-> HF parameter-name map (the seed's ordered substring replacement) and LoRA key maps."""
 
 from __future__ import annotations
 
