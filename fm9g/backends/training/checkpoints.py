@@ -48,6 +48,7 @@ STREAM_STATE = "stream_state.json"
 LOCK = ".fm9g-train.lock"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _RANK_STAGING = ".ranks-"
+_DELETING = ".deleting-"
 HASHED_BYTES = 64 * 2**20
 """Files up to this size get a sha256 in the manifest (state, RNG, configs); larger ones (weights,
 optimizer state) their size, which catches truncation without reading gigabytes at every resume."""
@@ -232,12 +233,34 @@ def remove_stale_temporaries(save_dir: str | Path) -> None:
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return
-    for pattern in (f".step-*{TMP_MARK}*", f"{_RANK_STAGING}step-*", f".{BASE_WEIGHTS}{TMP_MARK}*"):
+    for pattern in (f".step-*{TMP_MARK}*", f"{_RANK_STAGING}step-*", f".{BASE_WEIGHTS}{TMP_MARK}*", f"{_DELETING}step-*"):
         for path in save_dir.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def prune_checkpoints(save_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints; return the deleted directories.
+
+    The newest intact checkpoint (what ``--resume auto`` takes) is always kept, whatever its rank
+    among the step directories. Each one goes by a rename to a hidden name first, so a crash during
+    the deletion leaves either the whole checkpoint or a hidden leftover that the next run removes —
+    never a ``step-*`` directory missing files."""
+    save_dir = Path(save_dir)
+    steps = sorted((int(match.group(1)), path) for path in save_dir.iterdir()
+                   if path.is_dir() and (match := _STEP_DIR.match(path.name)))
+    latest = latest_checkpoint(save_dir)
+    deleted = []
+    for _, path in steps[:-keep] if keep < len(steps) else []:
+        if path == latest:
+            continue
+        hidden = path.with_name(f"{_DELETING}{path.name}")
+        os.rename(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+        deleted.append(path)
+    return deleted
 
 
 def read_json_file(path: str | Path) -> Any:

@@ -141,6 +141,8 @@ class Checkpointer:
             checkpoints.write_checkpoint(self.config["save"], step=state.step, tokens_seen=state.tokens_seen,
                                          config=self.config, backend=strategy.name,
                                          weights="lora" if self.lora else "full", write_files=write_files)
+            if self.config["save_total_limit"]:
+                checkpoints.prune_checkpoints(self.config["save"], self.config["save_total_limit"])
         comm.barrier()
 
     def _write_weights(self, directory: Path, weights: dict[str, torch.Tensor]) -> dict[str, str]:

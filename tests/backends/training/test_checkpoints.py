@@ -124,3 +124,18 @@ def test_a_second_run_into_the_same_save_dir_is_refused(tmp_path):
         ckpt.SaveDirLock(tmp_path)
     first.release()
     ckpt.SaveDirLock(tmp_path).release()  # free again once the first run ended
+
+
+def test_retention_keeps_the_newest_and_never_the_one_resume_needs(tmp_path):
+    for step in (2, 4, 6, 8):
+        _save(tmp_path, step)
+    (tmp_path / "step-00000008" / "checkpoint.json").unlink()  # the newest is incomplete
+    deleted = ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step-")) == ["step-00000006",
+                                                                                          "step-00000008"]
+    assert [p.name for p in deleted] == ["step-00000002", "step-00000004"]
+    assert ResumePoint.find("auto", tmp_path).step == 6  # still there: the one --resume auto takes
+    assert ckpt.prune_checkpoints(tmp_path, keep=1) == []  # 8 is newest, but 6 is what resume needs
+    (tmp_path / ".deleting-step-00000004").mkdir()  # a deletion a crash interrupted
+    ckpt.check_save_dir(tmp_path, resuming=True, is_main=True)
+    assert not (tmp_path / ".deleting-step-00000004").exists()

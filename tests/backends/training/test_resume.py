@@ -58,3 +58,9 @@ def test_fresh_run_refuses_a_save_dir_with_checkpoints(tmp_path):
     _train(config)
     with pytest.raises(Fm9gError, match="already holds checkpoints"):
         _train(config)
+
+
+def test_save_total_limit_keeps_the_last_checkpoints_of_a_run(tmp_path):
+    _train(_config(tmp_path / "run", "save_iters=2", "save_total_limit=2"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("step-")) == [
+        "step-00000006", "step-00000008"]
