@@ -210,7 +210,7 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
             for note in description.notes:
                 context.message(f"note: {note}")
             report = RunReport(context.output, config["save"], train_iters=config["train_iters"],
-                               resume_step=state.step)
+                               resume_step=state.step, progress_seconds=config["progress_seconds"])
         trainer = Trainer(model, optimization, comm, task_names, config["clip_grad"], description.autocast)
         checkpointer = Checkpointer(config, strategy, built, model, optimization, stream, schedule)
         state = run_loop(trainer, stream, state, LoopSettings.from_config(config), schedule=schedule,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -93,10 +94,14 @@ class RunReport:
     """The loop's :class:`~fm9g.backends.training.loop.LoopReport` on rank 0: step records into the
     metrics log (TensorBoard + JSONL), the progress bar, messages. Closed however the run ends."""
 
-    def __init__(self, output: RunOutput, save_dir: str | Path, *, train_iters: int, resume_step: int):
+    def __init__(self, output: RunOutput, save_dir: str | Path, *, train_iters: int, resume_step: int,
+                 progress_seconds: float):
         self.output = output
         self.log = MetricsLog(save_dir, resume_step=resume_step)
         self.bar = output.progress(total=train_iters, initial=resume_step)
+        self.train_iters, self.progress_seconds = train_iters, progress_seconds
+        self.started = self.last_line = time.monotonic()
+        self.first_step = resume_step
 
     def step(self, record: dict[str, Any], *, log: bool) -> None:
         if log:
@@ -104,6 +109,18 @@ class RunReport:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}",
                              tok_s=f"{record['tokens_per_s']:.0f}")
+        now = time.monotonic()
+        if self.bar.disable and (now - self.last_line >= self.progress_seconds or record["step"] == self.train_iters):
+            self.last_line = now
+            self.output.message(self._plain_line(record, now))
+
+    def _plain_line(self, record: dict[str, Any], now: float) -> str:
+        """The progress bar's content as one line, for logs that are not a terminal (nohup, Slurm)."""
+        done = record["step"] - self.first_step
+        remaining = (now - self.started) / done * (self.train_iters - record["step"]) if done else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} d"
+        return (f"step {record['step']}/{self.train_iters}: loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                f"{record['tokens_per_s']:,.0f} tokens/s ETA {eta}")
 
     def message(self, text: str) -> None:
         self.output.message(text)

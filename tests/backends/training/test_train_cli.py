@@ -135,3 +135,14 @@ def test_overrides_anywhere_trust_scripts_flag_and_resume_refuses_a_changed_run(
                       "--allow-config-change")
     assert forced.returncode == 0, forced.stderr
     assert run_fm9g("train", "--config", str(config), "--bogus").returncode == 2
+
+
+def test_without_a_terminal_progress_is_a_plain_line_with_eta(mixture, tmp_path):
+    config = write_train_config(tmp_path, mixture / "mix.json")
+    result = run_fm9g("train", "--config", str(config), "train_iters=3", "save_iters=0", "progress_seconds=0")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("step ") and "ETA" in line]
+    assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert "tokens/s ETA 00:00:00" in lines[-1]
+    quiet = run_fm9g("train", "--config", str(config), "train_iters=3", "save_iters=0", "save=quiet")
+    assert sum("ETA" in line for line in quiet.stderr.splitlines()) == 1  # within the default 60 s: the last step
