@@ -144,5 +144,6 @@ def test_without_a_terminal_progress_is_a_plain_line_with_eta(mixture, tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.startswith("step ") and "ETA" in line]
     assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert "tokens/s ETA 00:00:00" in lines[-1]
-    quiet = run_fm9g("train", "--config", str(config), "train_iters=3", "save_iters=0", "save=quiet")
-    assert sum("ETA" in line for line in quiet.stderr.splitlines()) == 1  # within the default 60 s: the last step
+    quiet = run_fm9g("train", "--config", str(config), "train_iters=3", "save_iters=0", f"save={tmp_path / 'quiet'}")
+    assert quiet.returncode == 0, quiet.stderr
+    assert sum("ETA" in line for line in quiet.stderr.splitlines()) == 1, quiet.stderr  # default 60 s: the last step
