@@ -1,9 +1,12 @@
-"""Per-step training logs: TensorBoard (tensorboardX, the seed's tags) and a JSONL file beside it.
+"""Per-step training logs: TensorBoard (tensorboardX, the seed's tags) and JSONL files beside it.
 
 Tags: ``Loss/train``, ``Loss/train/<task_name>``, ``Optimizer/lr``, ``Optimizer/scale``,
-``Optimizer/grad_norm``, ``Throughput/tokens_per_s``. The JSONL log (``<save>/train_log.jsonl``)
-holds one object per step with the same numbers. On resume from step N both logs drop what a
-killed run wrote after step N, so the logs of a resumed run read like an uninterrupted one.
+``Optimizer/grad_norm``, ``Throughput/tokens_per_s``; held-out evaluations add ``Loss/eval``
+(token-weighted over tasks), ``Loss/eval_weighted`` (weighted by the mixture's weights),
+``Perplexity/eval``, ``Loss/eval/<task_name>`` and ``Perplexity/eval/<task_name>``. The JSONL
+logs (``<save>/train_log.jsonl``, ``<save>/eval_log.jsonl``) hold one object per step or
+evaluation with the same numbers. On resume from step N every log drops what a killed run wrote
+after step N, so the logs of a resumed run read like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from fm9g.core.atomic import write_text_atomic
 
 LOG_NAME = "train_log.jsonl"
+EVAL_LOG_NAME = "eval_log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -26,11 +30,14 @@ class MetricsLog:
     def __init__(self, save_dir: str | Path, *, resume_step: int = 0):
         self.path = Path(save_dir) / LOG_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _truncate_jsonl(self.path, keep_through_step=resume_step)
+        self.eval_path = Path(save_dir) / EVAL_LOG_NAME
+        for path in (self.path, self.eval_path):
+            _truncate_jsonl(path, keep_through_step=resume_step)
         self.tb_dir = Path(save_dir) / TENSORBOARD_DIR
         # purge_step drops events a killed run logged after the checkpoint we resume from.
         self.writer = self._open_writer(resume_step, purge_step=resume_step + 1 if resume_step else None)
         self.handle = open(self.path, "a", encoding="utf-8")
+        self.eval_handle = open(self.eval_path, "a", encoding="utf-8")
 
     def _open_writer(self, step: int, purge_step: int | None = None):
         """A SummaryWriter whose event file name is unique to this process and step (files sort by step)."""
@@ -47,11 +54,27 @@ class MetricsLog:
                    "Throughput/tokens_per_s": record["tokens_per_s"]}
         for name, value in record.get("task_loss", {}).items():
             scalars[f"Loss/train/{name}"] = value
+        self._scalars(scalars, step)
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        """``record``: step, loss (token-weighted), weighted_loss (by mixture weight), perplexity,
+        tasks {name: {loss, perplexity, tokens, samples}}."""
+        step = record["step"]
+        scalars = {"Loss/eval": record["loss"], "Loss/eval_weighted": record["weighted_loss"],
+                   "Perplexity/eval": record["perplexity"]}
+        for name, task in record["tasks"].items():
+            scalars[f"Loss/eval/{name}"] = task["loss"]
+            scalars[f"Perplexity/eval/{name}"] = task["perplexity"]
+        self._scalars(scalars, step)
+        self.eval_handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.eval_handle.flush()
+
+    def _scalars(self, scalars: dict[str, float | None], step: int) -> None:
         for tag, value in scalars.items():
             if value is not None and math.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
 
     def flush(self, step: int) -> None:
         """Make everything logged through ``step`` durable (called before each checkpoint).
@@ -61,12 +84,14 @@ class MetricsLog:
         """
         self.writer.close()
         self.writer = self._open_writer(step)
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        for handle in (self.handle, self.eval_handle):
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def close(self) -> None:
         self.writer.close()
         self.handle.close()
+        self.eval_handle.close()
 
 
 def _truncate_jsonl(path: Path, *, keep_through_step: int) -> None:
