@@ -33,9 +33,12 @@ KINDS = {
 BUILTIN_MODULES = (
     "fm9g.adapters.txt",
     "fm9g.adapters.jsonl",
+    "fm9g.adapters.sharegpt",
+    "fm9g.adapters.openai",
     "fm9g.mixer.transforms.identity",
     "fm9g.mixer.transforms.chatml",
     "fm9g.mixer.transforms.fm9g_template",
+    "fm9g.mixer.transforms.chat_template",
     "fm9g.tokenizers.byte",
     "fm9g.tokenizers.hf",
     "fm9g.tokenizers.sentencepiece",

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
 
+from fm9g.core.errors import Fm9gError
 from fm9g.core.protocols import Record, Tokenizer, TransformFn
+from fm9g.mixer.conversations import CUT, drop_rendered_bos, mask_conversations
 
 IGNORE_INDEX = -100
 
-OK, SEGMENTED, TRUNCATED, INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT, INVALID_UTF8 = range(8)
+(OK, SEGMENTED, TRUNCATED, INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT, INVALID_UTF8,
+ NO_TRAINED_TOKENS) = range(9)
 STATUS_NAMES = (
     "ok",
     "segmented",
@@ -42,9 +45,12 @@ STATUS_NAMES = (
     "transform_error",
     "bad_transform_output",
     "invalid_utf8",
+    "no_trained_tokens",
 )
-"""Per-sample outcome; the names are the reasons counted in reports and stream state."""
-DROPPED = frozenset({INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT, INVALID_UTF8})
+"""Per-sample outcome; the names are the reasons counted in reports and stream state. A
+conversation cut at a turn boundary (``oversize_rule`` ``turns``) counts as ``truncated``."""
+DROPPED = frozenset({INPUT_TOO_LONG, TOO_LONG, TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT, INVALID_UTF8,
+                     NO_TRAINED_TOKENS})
 TRANSFORM_FAILED = frozenset({TRANSFORM_ERROR, BAD_TRANSFORM_OUTPUT})
 """The statuses ``max_transform_errors`` allows; beyond it the stream stops with an error."""
 
@@ -121,9 +127,15 @@ def _not_unicode(text: str) -> bool:
 
 
 def _output_problem(result: object) -> str | None:
-    """What is wrong with a transform's return value, or ``None`` when it has string input/output."""
+    """What is wrong with a transform's return value, or ``None`` when it has string input/output
+    (or is a well-formed rendered conversation)."""
     if not isinstance(result, dict):
         return f"returned {type(result).__name__}, not a dict with string 'input' and 'output'"
+    if "text" in result:
+        return conversation_problem(result)
+    if "messages" in result:
+        return ("returned a messages record, which it must render: name a transform that renders conversations "
+                "(chat_template, chatml or fm9g)")
     for key in ("input", "output"):
         value = result.get(key, "")
         if not isinstance(value, str):
@@ -131,16 +143,40 @@ def _output_problem(result: object) -> str | None:
     return None
 
 
+def conversation_problem(result: dict) -> str | None:
+    """What is wrong with a rendered conversation (see :data:`fm9g.core.protocols.TransformFn`)."""
+    text, turns = result.get("text"), result.get("turns", [])
+    if not isinstance(text, str):
+        return f"returned a conversation whose 'text' is {type(text).__name__}, not a string"
+    if result.get("train", "assistant") not in ("assistant", "last", "all"):
+        return f"returned a conversation whose 'train' is {result.get('train')!r} (assistant, last or all)"
+    if not isinstance(result.get("train_eos", False), bool):
+        return "returned a conversation whose 'train_eos' is not a boolean"
+    if not isinstance(turns, list):
+        return f"returned a conversation whose 'turns' is {type(turns).__name__}, not a list"
+    end = 0
+    for turn in turns:
+        if (not isinstance(turn, (list, tuple)) or len(turn) != 3 or not all(type(v) is int for v in turn)
+                or not end <= turn[0] <= turn[1] <= len(text) or turn[2] not in (0, 1)):
+            return (f"returned a conversation turn {turn!r}: turns must be [start, end, weight 0/1] character "
+                    "spans of the text, in order")
+        end = turn[1]
+    return None
+
+
 def apply_transform(
-    transform: TransformFn, records: Sequence[Record], rows: np.ndarray, first_sample: int, base_key: int
+    transform: TransformFn, records: Sequence[Record], rows: np.ndarray, first_sample: int, base_key: int,
+    conversations: dict[int, dict] | None = None,
 ) -> tuple[list[str], list[str], np.ndarray, dict[int, str]]:
     """Run the transform over a chunk of records; failures become statuses (and ``errors[k]``), not
     exceptions: whether a failure stops the run is the stream's decision, made when the sample is
-    consumed (a chunk built ahead may never be)."""
+    consumed (a chunk built ahead may never be). A rendered conversation's text goes in the output
+    slot (with an empty input) and the conversation itself into ``conversations[k]``."""
     inputs: list[str] = []
     outputs: list[str] = []
     status = np.zeros(len(records), dtype=np.int8)
     errors: dict[int, str] = {}
+    conversations = {} if conversations is None else conversations
     for k, (record, row) in enumerate(zip(records, rows.tolist())):
         try:
             result = transform(record, first_sample + k, RowRandom(sample_seed(base_key, row)))
@@ -155,8 +191,13 @@ def apply_transform(
             inputs.append("")
             outputs.append("")
             continue
-        source, target = result.get("input", ""), result.get("output", "")
+        if "text" in result:
+            source, target = "", result["text"]
+            conversations[k] = result
+        else:
+            source, target = result.get("input", ""), result.get("output", "")
         if _not_unicode(source) or _not_unicode(target):
+            conversations.pop(k, None)
             status[k], errors[k] = INVALID_UTF8, "the transformed text holds a lone surrogate (not valid Unicode)"
             source = target = ""
         inputs.append(source)
@@ -164,13 +205,31 @@ def apply_transform(
     return inputs, outputs, status, errors
 
 
-FlatTokens = tuple[np.ndarray, np.ndarray]
-"""Every text's ids back to back (int32) and each text's token count (int64)."""
+FlatTokens = tuple[np.ndarray, ...]
+"""Every text's ids back to back (int32) and each text's token count (int64); for
+:class:`TextsWithOffsets`, also each token's ``(start, end)`` character offsets (int64 ``[n, 2]``)."""
+
+
+class TextsWithOffsets(list):
+    """A chunk's texts (a ``list[str]``) that hold rendered conversations: their tokens' character
+    offsets are needed to turn the conversations' assistant spans into masks."""
+
+
+def encode_offsets(tokenizer: Tokenizer, texts: list[str]) -> FlatTokens:
+    """``(ids, lengths, offsets)`` of ``texts`` through the tokenizer's ``encode_batch_offsets``."""
+    with_offsets = getattr(tokenizer, "encode_batch_offsets", None)
+    if not callable(with_offsets):
+        raise Fm9gError(f"the tokenizer {tokenizer.spec} cannot give the character offsets of its tokens, which "
+                        "conversations need for their assistant masks", where=f"tokenizer {tokenizer.spec}",
+                        fix="mix conversations with an hf:DIR tokenizer (or byte)")
+    return with_offsets(texts)
 
 
 def encode_flat(tokenizer: Tokenizer, texts: list[str]) -> FlatTokens:
     """:data:`FlatTokens` of ``texts``, via the tokenizer's ``encode_batch_flat`` when it has one
     (the ``hf`` tokenizer: no flat Python list of ids), else ``encode_batch``."""
+    if isinstance(texts, TextsWithOffsets):
+        return encode_offsets(tokenizer, texts)
     flat = getattr(tokenizer, "encode_batch_flat", None)
     if callable(flat):
         return flat(texts)
@@ -186,7 +245,7 @@ def encode_deferred(tokenizer: Tokenizer, texts: list[str]) -> Callable[[], Flat
     mostly outside the GIL; turning the ids into arrays (Python work) waits for the call, so a
     prefetch thread can tokenize the next chunk while the stream finishes this one."""
     deferred = getattr(tokenizer, "encode_batch_deferred", None)
-    if callable(deferred):
+    if callable(deferred) and not isinstance(texts, TextsWithOffsets):
         return deferred(texts)
     result = encode_flat(tokenizer, texts)
     return lambda: result
@@ -204,7 +263,7 @@ def assemble_samples(tokens: FlatTokens, bos_id: int, eos_id: int) -> tuple[np.n
     """``src``/``tgt`` of samples whose interleaved prompt/output ids are ``tokens``, and per sample
     ``(offset, prompt tokens, length)`` as an int64 array ``[count, 3]``: ``src`` is each body with
     ``bos`` inserted before it; ``tgt`` is ``src`` moved left by one, ``eos`` last, prompt masked."""
-    body, text_lengths = tokens
+    body, text_lengths = tokens[0], tokens[1]
     count = len(text_lengths) // 2
     input_lengths, output_lengths = text_lengths[0::2], text_lengths[1::2]
     lengths = 1 + input_lengths + output_lengths
@@ -245,6 +304,8 @@ class PreparedChunk:
     texts: list[str]
     status: np.ndarray
     errors: dict[int, str]
+    conversations: dict[int, dict] = field(default_factory=dict)
+    """Sample ``k``'s rendered conversation (its text is ``texts[2k + 1]``), for samples that are one."""
 
 
 def prepare_chunk(
@@ -252,14 +313,27 @@ def prepare_chunk(
     transform: TransformFn, base_key: int,
 ) -> PreparedChunk:
     """Transform the records at consecutive positions ``start..`` of an epoch."""
-    inputs, outputs, status, errors = apply_transform(transform, records, rows, epoch * nlines + start, base_key)
-    return PreparedChunk(epoch, start, rows, interleave(inputs, outputs), status, errors)
+    conversations: dict[int, dict] = {}
+    inputs, outputs, status, errors = apply_transform(transform, records, rows, epoch * nlines + start, base_key,
+                                                      conversations)
+    texts = interleave(inputs, outputs)
+    if conversations:
+        texts = TextsWithOffsets(texts)
+    return PreparedChunk(epoch, start, rows, texts, status, errors, conversations)
 
 
 def finish_chunk(
     prepared: PreparedChunk, tokens: FlatTokens, tokenizer: Tokenizer, *, max_length: int, oversize_rule: str
 ) -> Chunk:
-    """Lay out the tokenized samples and decide each one's fate (kept, cut, segmented or dropped)."""
+    """Lay out the tokenized samples and decide each one's fate (kept, cut, segmented or dropped).
+
+    ``oversize_rule`` ``turns`` cuts a too-long conversation after its last assistant turn that
+    fits (the system turn and every earlier turn kept) and drops one whose first assistant turn
+    does not fit, or a single-turn sample, as ``too_long``."""
+    conversations = prepared.conversations
+    character_offsets = None
+    if conversations:
+        tokens, character_offsets = drop_rendered_bos(tokens, conversations, tokenizer.bos_id)
     src, tgt, layout = assemble_samples(tokens, tokenizer.bos_id, tokenizer.eos_id)
     offsets, input_lengths, lengths = layout[:, 0], layout[:, 1], layout[:, 2]
     status = prepared.status.copy()
@@ -268,13 +342,24 @@ def finish_chunk(
     too_long_prompt = ~failed & (input_lengths >= max_length - 2)
     status[too_long_prompt] = INPUT_TOO_LONG
     oversize = (status == OK) & (lengths > max_length)
-    if oversize_rule == "drop":
+    if conversations:
+        outcomes = mask_conversations(conversations, character_offsets, tokens[1], src, tgt, offsets, kept,
+                                      status == OK, max_length=max_length, cut_at_turns=oversize_rule == "turns",
+                                      eos_id=tokenizer.eos_id, ignore_index=IGNORE_INDEX)
+        for k, outcome in outcomes.items():
+            status[k] = TRUNCATED if outcome == CUT else TOO_LONG
+            oversize[k] = False
+    if oversize_rule in ("drop", "turns"):
         status[oversize] = TOO_LONG
     elif oversize_rule == "head":
         status[oversize] = TRUNCATED
         kept[oversize] = max_length
     else:
         status[oversize] = SEGMENTED
+    if conversations:
+        untrained = [k for k in conversations if status[k] not in DROPPED
+                     and not (tgt[offsets[k]: offsets[k] + kept[k]] != IGNORE_INDEX).any()]
+        status[untrained] = NO_TRAINED_TOKENS
     kept[np.isin(status, list(DROPPED))] = 0
     src, tgt, offsets = _keep_only(src, tgt, offsets, kept, lengths)
     return Chunk(prepared.epoch, prepared.start, prepared.rows, src, tgt, offsets, kept, status, prepared.errors)

@@ -31,6 +31,17 @@ class ByteTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
 
+    def encode_batch_offsets(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All texts' ids back to back, each text's token count, and each token's ``(start, end)``
+        character offsets (a byte belongs to the character it encodes)."""
+        ids = [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + OFFSET for text in texts]
+        chars = [np.repeat(np.arange(len(text), dtype=np.int64), [len(char.encode("utf-8")) for char in text])
+                 if not text.isascii() else np.arange(len(text), dtype=np.int64) for text in texts]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        starts = np.concatenate(chars) if chars else np.zeros(0, dtype=np.int64)
+        return (np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32), lengths,
+                np.stack([starts, starts + 1], axis=1))
+
     def count_batch(self, texts: Sequence[str]) -> list[int]:
         """Token counts without building id lists (a byte count per text)."""
         return [len(text.encode("utf-8")) for text in texts]

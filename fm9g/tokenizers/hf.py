@@ -92,6 +92,18 @@ class HFTokenizer:
 
         return arrays
 
+    def encode_batch_offsets(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`encode_batch_flat`'s arrays plus each token's ``(start, end)`` character offsets
+        (int64 ``[tokens, 2]``): what assistant masks of rendered conversations are computed from,
+        exactly as transformers computes them from the same encodings."""
+        encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        total = int(lengths.sum())
+        ids = np.fromiter(chain.from_iterable(encoding.ids for encoding in encodings), dtype=np.int32, count=total)
+        offsets = np.fromiter(chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings)),
+                              dtype=np.int64, count=2 * total).reshape(total, 2)
+        return ids, lengths, offsets
+
     def count_batch(self, texts: Sequence[str]) -> list[int]:
         """Token counts only (what the indexer stores)."""
         return [len(encoding) for encoding in self._encode_many(texts)]
