@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from fm9g.core.protocols import messages_problem
 from fm9g.core.text import is_chinese
 
 BOM = b"\xef\xbb\xbf"
@@ -60,6 +61,8 @@ class ChunkResult:
     sample: dict[str, Any] | None = None
     zh_votes: int = 0
     votes: int = 0
+    messages: int = 0
+    """Good lines holding a ``messages`` record (the others are ``input``/``output`` ones)."""
 
 
 class _WorkerState:
@@ -121,6 +124,9 @@ def _classify_failure(line: bytes) -> str:
 def _record_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
         return "not_an_object"
+    if "messages" in record:
+        problem = messages_problem(record["messages"])
+        return problem[0] if problem else None
     if "output" not in record:
         return "missing_output"
     if not isinstance(record["output"], str):
@@ -159,7 +165,7 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     inputs: list[str] = []
     outputs: list[str] = []
     sample = None
-    zh_votes = votes = 0
+    zh_votes = votes = conversations = 0
     loads, decode_error, max_line = orjson.loads, orjson.JSONDecodeError, _state.max_line_bytes
     for number, line in enumerate(lines):
         reason = detail = None
@@ -180,13 +186,19 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
                 first_bad = (number, reason, detail or "")
             continue
         kept.append(line)
-        inputs.append(record["input"])
-        outputs.append(record["output"])
+        if "messages" in record:
+            conversations += 1
+            prompt, reply = _conversation_texts(record["messages"])
+            inputs.append(prompt)
+            outputs.append(reply)
+        else:
+            inputs.append(record["input"])
+            outputs.append(record["output"])
         if task.want_sample and sample is None:
             sample = record
         if _state.vote_language and votes < LANGUAGE_VOTES_PER_CHUNK:
             votes += 1
-            zh_votes += is_chinese((record["input"] + record["output"])[:VOTE_CHARS])
+            zh_votes += is_chinese((inputs[-1] + outputs[-1])[:VOTE_CHARS])
 
     if skipped:
         changed = True
@@ -203,7 +215,16 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     if changed:
         output_bytes = b"".join(line + b"\n" for line in kept)
     return ChunkResult(task, len(lines), line_lengths, tokens, chars, spaces, skipped, first_bad, output_bytes,
-                       normalized, sample, zh_votes, votes)
+                       normalized, sample, zh_votes, votes, conversations)
+
+
+def _conversation_texts(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """A conversation's text as the token statistics count it: the other turns' contents (the
+    "input" column) and the assistant turns' contents (the "output" column), without any chat
+    template's markup, which depends on the transform that renders them."""
+    prompt = "\n".join(message["content"] for message in messages if message["role"] != "assistant")
+    reply = "\n".join(message["content"] for message in messages if message["role"] == "assistant")
+    return prompt, reply
 
 
 def _count_tokens(inputs: list[str], outputs: list[str]) -> np.ndarray:
