@@ -67,16 +67,27 @@ def parse_json(text: str) -> Any:
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a syntax error or a non-finite number names the file, line and column."""
     path = Path(path)
+    return parse_json_file(read_text(path, "JSON"), path)
+
+
+def read_text(path: str | Path, kind: str) -> str:
+    """The UTF-8 text of a ``kind`` (``"JSON"``, ``"YAML"``) file that is not empty; else one clear error."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise Fm9gError("file not found", where=str(path), fix="check the path") from None
     except IsADirectoryError:
-        raise Fm9gError("is a directory, not a JSON file", where=str(path)) from None
+        raise Fm9gError(f"is a directory, not a {kind} file", where=str(path)) from None
     except UnicodeDecodeError as error:
         raise Fm9gError(f"not UTF-8 text ({error.reason} at byte {error.start})", where=str(path)) from None
     if not text.strip():
-        raise Fm9gError("empty file, expected a JSON document", where=str(path))
+        raise Fm9gError(f"empty file, expected a {kind} document", where=str(path))
+    return text
+
+
+def parse_json_file(text: str, path: Path) -> Any:
+    """:func:`parse_json` of the text of ``path``, its errors naming the file, line and column."""
     try:
         return parse_json(text)
     except NonFiniteNumber as error:

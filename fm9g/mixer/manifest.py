@@ -21,8 +21,9 @@ from typing import Any
 
 import jsonschema
 
+from fm9g.core.documents import read_document
 from fm9g.core.errors import Fm9gError, ValidationFailed
-from fm9g.core.schemas import read_json, schema_problems
+from fm9g.core.schemas import schema_problems
 from fm9g.mixer.transforms import DEFAULT_TRANSFORM, TransformRef, looks_like_script
 
 DEFAULTS: dict[str, Any] = {"seed": 42, "max_length": 4096, "batch_size": 1, "tokenizer": "byte"}
@@ -306,7 +307,9 @@ def manifest_from_document(document: Any, base_dir: Path, source: str, *, check_
 
 
 def load_manifest(path: str | Path, *, check_paths: bool = True) -> Manifest:
-    """Read, validate and resolve ``mix.json`` (either form); every problem is reported at once."""
-    path = Path(path)
-    document = read_json(path)
-    return manifest_from_document(document, path.resolve().parent, str(path), check_paths=check_paths)
+    """Read, validate and resolve ``mix.json`` or ``mix.yaml`` (either form, by extension); every problem
+    is reported at once, each with its line in the file."""
+    document = read_document(path)
+    with document.problems_located():
+        return manifest_from_document(document.data, document.path.resolve().parent, document.source,
+                                      check_paths=check_paths)

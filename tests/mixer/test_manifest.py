@@ -67,7 +67,7 @@ def test_every_problem_is_reported_at_once_with_json_paths(datasets):
     assert any(p.startswith("$[2].transforms: unknown transform 'chatm' (did you mean 'chatml'?") for p in problems)
     assert any(p.startswith("$[3].transforms: transform script does not exist") for p in problems)
     assert len(problems) == 5
-    assert f"{path}: $[1].path: directory does not exist" in str(caught.value)
+    assert f"{path}:1: $[1].path: directory does not exist" in str(caught.value)  # JSON on one line: line 1
 
 
 def test_zero_total_weight_bad_options_and_both_transform_keys(datasets):

@@ -85,8 +85,8 @@ def test_bad_manifest_lists_every_problem(examples_dir):
         {"task_name": "a", "abs_weight": 1, "path": "nowhere", "transforms": "chatlm"}]))
     result = fm9g("mix", "--manifest", "bad.json", cwd=examples_dir)
     assert result.returncode == 2
-    assert "bad.json: $[0].abs_weight: -1 is less than the minimum of 0" in result.stderr
-    assert "bad.json: $[1].task_name: duplicate task name 'a'" in result.stderr
+    assert "bad.json:1: $[0].abs_weight: -1 is less than the minimum of 0" in result.stderr
+    assert "bad.json:1: $[1].task_name: duplicate task name 'a'" in result.stderr
     assert "$[1].path: directory does not exist" in result.stderr
     assert "did you mean 'chatml'?" in result.stderr
 

@@ -1,6 +1,6 @@
 """Reading a train config: dotted ``key=value`` overrides, unknown keys, relative paths, defaults.
 
-Order: read the JSON file; resolve its paths against the file's directory; apply command-line
+Order: read the JSON or YAML file; resolve its paths against the file's directory; apply command-line
 overrides (their paths resolve against the current directory); reject unknown keys with a
 did-you-mean; fill schema defaults; validate against ``schemas/train.schema.json``; validate the
 backend's ``backend_options`` against its plugin's schema and fill its defaults. Every key the
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fm9g.backends.models.presets import PRESETS
+from fm9g.core.documents import SourceDocument, read_document
 from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
 from fm9g.core.plugins import get_plugin, validate_options
-from fm9g.core.schemas import NonFiniteNumber, load_schema, parse_json, read_json, schema_problems
+from fm9g.core.schemas import NonFiniteNumber, load_schema, parse_json, schema_problems
 
 PATH_KEYS = (("data", "manifest"), ("data", "mixture"), ("model", "hf_path"), ("model", "seed_pt"), ("save",))
 _TOKENIZER_FILE_PREFIXES = ("hf", "sp", "sentencepiece")
@@ -121,20 +122,29 @@ def fill_defaults(document: dict[str, Any], schema: dict[str, Any] | None = None
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = (), *, cwd: Path | None = None) -> dict[str, Any]:
-    """The resolved, validated train config (defaults filled, paths absolute)."""
-    cwd = cwd or Path.cwd()
-    if path is None:
+    """The resolved, validated train config (defaults filled, paths absolute), from a JSON or YAML
+    file (by extension); a problem with a key of the file names its line."""
+    file = read_document(path) if path is not None else None
+    try:
+        return _resolved_config(file, overrides, cwd=cwd or Path.cwd())
+    except ValidationFailed as error:
+        raise (file.locate(error) if file is not None else error) from None
+
+
+def _resolved_config(file: SourceDocument | None, overrides: list[str], *, cwd: Path) -> dict[str, Any]:
+    if file is None:
         document: Any = {}
         source = "command line"
     else:
-        path = Path(path)
-        document = read_json(path)
-        source = str(path)
+        document = file.data
+        source = file.source
         if not isinstance(document, dict):
-            raise ValidationFailed(source, ["$: the train config must be a JSON object"])
-        resolve_paths(document, path.resolve().parent)
+            raise ValidationFailed(source, ["$: the train config must be an object (a mapping of keys)"])
+        resolve_paths(document, file.path.resolve().parent)
     for assignment in overrides:
         apply_override(document, assignment, cwd=cwd)
+        if file is not None:  # the key's value comes from the command line now, not from a line of the file
+            file.forget(tuple(assignment.partition("=")[0].split(".")))
     problems = unknown_key_problems(document)
     if problems:
         raise ValidationFailed(source, problems)
