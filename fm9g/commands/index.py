@@ -46,6 +46,30 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )
     summary = build_index(args.input, args.output, options)
+    _report(summary)
+    held_out = _prepared_test_split(args.input)
+    if held_out is not None:
+        from pathlib import Path
+
+        from fm9g.mixer.held_out import HELD_OUT_DIR
+
+        print(f"held-out split: {held_out} beside the input (fm9g prepare --split); indexing it too")
+        _report(build_index([held_out], Path(args.output) / HELD_OUT_DIR, options))
+    return 0
+
+
+def _prepared_test_split(inputs: list[str]):
+    """The ``test.jsonl`` that ``fm9g prepare --split`` wrote beside the one ``train.jsonl`` indexed, if any:
+    ``fm9g train`` evaluates each task on the indexed test split inside its training index."""
+    from pathlib import Path
+
+    if len(inputs) != 1 or Path(inputs[0]).name != "train.jsonl":
+        return None
+    candidate = Path(inputs[0]).with_name("test.jsonl")
+    return candidate if candidate.is_file() and candidate.with_name("prepare_report.json").is_file() else None
+
+
+def _report(summary) -> None:
     meta = summary.meta
     print(f"indexed {meta['nlines']:,} lines ({meta['nbytes'] / 1e6:,.1f} MB) into {summary.output} "
           f"in {summary.seconds:.1f} s ({summary.megabytes_per_second:,.1f} MB/s, {summary.workers} workers)")
@@ -57,4 +81,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {count:,} lines: {reason}" + (f" (first at {first})" if first else ""), file=sys.stderr)
     for what, count in meta["normalized"].items():
         print(f"normalized: {what} {count:,}", file=sys.stderr)
-    return 0

@@ -48,6 +48,8 @@ class DatasetSpec:
     oversize_rule: str = "segment"
     max_transform_errors: int = 0
     dataset_name: str | None = None
+    eval_path: Path | None = None
+    """This task's held-out indexed set, when the manifest names one (``eval_path``)."""
     nlines: int | None = None
     ave_tokens_per_line: float | None = None
     total_tokens: float | None = None
@@ -63,6 +65,7 @@ class DatasetSpec:
             "max_epochs": self.max_epochs,
             "oversize_rule": self.oversize_rule,
             "max_transform_errors": self.max_transform_errors,
+            "eval_path": str(self.eval_path) if self.eval_path else None,
             "nlines": self.nlines,
             "ave_tokens_per_line": self.ave_tokens_per_line,
         }
@@ -154,17 +157,18 @@ def _transform_problems(value: Any, where: str, base_dir: Path | None, check_pat
 
 
 def _path_problems(value: Any, where: str, base_dir: Path) -> list[str]:
+    """Problems with an indexed dataset directory named at ``where`` (a JSON path to the field)."""
     if not isinstance(value, str) or not value:
         return []
     directory = (base_dir / value).resolve()
     if not directory.exists():
-        return [f"{where}.path: directory does not exist: {directory}"]
+        return [f"{where}: directory does not exist: {directory}"]
     if not directory.is_dir():
-        return [f"{where}.path: not a directory: {directory}"]
+        return [f"{where}: not a directory: {directory}"]
     if not (directory / "data.jsonl").is_file():
-        return [f"{where}.path: not an indexed dataset (no data.jsonl): {directory} (build it with fm9g index)"]
+        return [f"{where}: not an indexed dataset (no data.jsonl): {directory} (build it with fm9g index)"]
     if not (directory / "index").is_file() and not (directory / "index.h5").is_file():
-        return [f"{where}.path: no index or index.h5 in {directory} (build it with fm9g index)"]
+        return [f"{where}: no index or index.h5 in {directory} (build it with fm9g index)"]
     return []
 
 
@@ -197,7 +201,8 @@ def manifest_problems(document: Any, base_dir: Path | str | None, *, check_paths
         key, value = _transform_field(entry)
         problems.extend(_transform_problems(value, f"{where}.{key}", base, check_paths))
         if check_paths and base is not None:
-            problems.extend(_path_problems(entry.get("path"), where, base))
+            problems.extend(_path_problems(entry.get("path"), f"{where}.path", base))
+            problems.extend(_path_problems(entry.get("eval_path"), f"{where}.eval_path", base))
     if weights_seen and total_weight <= 0:
         container = "$" if form == "seed" else "$.datasets"
         problems.append(f"{container}: the abs_weight values sum to 0; give at least one dataset a positive weight")
@@ -291,6 +296,7 @@ def manifest_from_document(document: Any, base_dir: Path, source: str, *, check_
                 oversize_rule=entry.get("oversize_rule", "segment"),
                 max_transform_errors=int(entry.get("max_transform_errors", 0)) if form == "fm9g" else 0,
                 dataset_name=entry.get("dataset_name"),
+                eval_path=(base_dir / entry["eval_path"]).resolve() if isinstance(entry.get("eval_path"), str) else None,
                 **stats,
             )
         )

@@ -82,8 +82,11 @@ def _fsync(path: Path) -> None:
 
 
 def write_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, config: dict[str, Any], backend: str,
-                     weights: str, write_files: Callable[[Path], dict[str, str]]) -> Path:
+                     weights: str, write_files: Callable[[Path], dict[str, str]],
+                     evaluation: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` atomically and return its directory.
+
+    ``evaluation``: the held-out evaluation of these weights (recorded in the manifest).
 
     ``write_files(directory)`` writes every file but the manifest into the temporary directory and
     returns ``{role: file name}``; the files are synced, the manifest written last, and the
@@ -101,6 +104,8 @@ def write_checkpoint(save_dir: str | Path, *, step: int, tokens_seen: int, confi
                     "weights": weights, "files": files, "checksums": {name: _checksum(temp / name)
                                                                       for name in files.values()},
                     "fm9g_version": __version__}
+        if evaluation is not None:
+            manifest["evaluation"] = evaluation
         write_json_atomic(temp / MANIFEST, manifest)
         _fsync(temp)
     _fsync(save_dir)

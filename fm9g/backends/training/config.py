@@ -20,7 +20,8 @@ from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
 from fm9g.core.plugins import get_plugin, validate_options
 from fm9g.core.schemas import NonFiniteNumber, load_schema, parse_json, schema_problems
 
-PATH_KEYS = (("data", "manifest"), ("data", "mixture"), ("model", "hf_path"), ("model", "seed_pt"), ("save",))
+PATH_KEYS = (("data", "manifest"), ("data", "mixture"), ("eval", "manifest"), ("model", "hf_path"), ("model", "seed_pt"),
+             ("save",))
 _TOKENIZER_FILE_PREFIXES = ("hf", "sp", "sentencepiece")
 
 
@@ -173,5 +174,8 @@ def check_references(config: dict[str, Any]) -> None:
     for key, value in config["data"].items():
         if not Path(value).exists():
             raise Fm9gError("not found", where=f"train config: data.{key} {value}", fix="check the path")
+    eval_manifest = config.get("eval", {}).get("manifest")
+    if eval_manifest and not Path(eval_manifest).exists():
+        raise Fm9gError("not found", where=f"train config: eval.manifest {eval_manifest}", fix="check the path")
     if config["delta"]:
         get_plugin("delta_engine", config["delta"]["engine"], where="train config: delta.engine")

@@ -28,6 +28,8 @@ from fm9g.core.errors import Fm9gError
 class TrainState:
     step: int = 0
     tokens_seen: int = 0
+    evaluation: dict[str, Any] | None = None
+    """The latest held-out evaluation record (its ``step`` says when it was made)."""
 
 
 @dataclass
@@ -152,11 +154,12 @@ class LoopSettings:
     inspect_iters: int
     max_nonfinite_steps: int
     """How many steps with a non-finite loss or gradient norm may be skipped before the run stops."""
+    eval_iters: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LoopSettings:
         return cls(config["train_iters"], config["save_iters"], config["grad_accum"], config["log_iters"],
-                   config["inspect_iters"], config["max_nonfinite_steps"])
+                   config["inspect_iters"], config["max_nonfinite_steps"], config["eval_iters"])
 
 
 class LoopReport(Protocol):
@@ -167,13 +170,26 @@ class LoopReport(Protocol):
 
     def message(self, text: str) -> None: ...
 
+    def evaluation(self, record: dict[str, Any]) -> None:
+        """A held-out evaluation's record: into the metrics log and onto the terminal."""
+
     def flush(self, step: int) -> None:
         """Make everything logged through ``step`` durable (before a checkpoint)."""
 
 
 def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, settings: LoopSettings, *,
-             schedule: Callable[[int], float], save: Callable[[TrainState], None], report: LoopReport) -> TrainState:
-    """Train from ``state.step`` to ``settings.train_iters`` (or until the data runs out); return the state."""
+             schedule: Callable[[int], float], save: Callable[[TrainState], None], report: LoopReport,
+             evaluate: Callable[[int], dict[str, Any]] | None = None) -> TrainState:
+    """Train from ``state.step`` to ``settings.train_iters`` (or until the data runs out); return the state.
+
+    ``evaluate(step)`` (held-out loss, a collective) runs every ``eval_iters`` steps and after the
+    last one, before that step's checkpoint, which records it."""
+
+    def evaluate_now() -> None:
+        state.evaluation = evaluate(state.step)
+        report.evaluation(state.evaluation)
+
+    evaluating = evaluate is not None and settings.eval_iters > 0
     comm, device = trainer.collectives, trainer.collectives.device
     batches = iter(stream)
     first_step = last_saved = state.step
@@ -212,10 +228,14 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
             tasks = " ".join(f"{k}={v:.4f}" for k, v in result.task_loss.items())
             report.message(f"step {state.step}: loss {result.loss:.4f} lr {lr:.3g} "
                            f"grad_norm {result.grad_norm:.3f} {tasks}")
+        if evaluating and (state.step % settings.eval_iters == 0 or state.step == settings.train_iters):
+            evaluate_now()
         if settings.save_iters and state.step % settings.save_iters == 0:
             report.flush(state.step)  # the logs up to a checkpoint survive a crash after it
             save(state)
             last_saved = state.step
+    if evaluating and state.step > first_step and (state.evaluation or {}).get("step") != state.step:
+        evaluate_now()  # the data ran out before train_iters: the last step is evaluated too
     if state.step != last_saved:
         report.flush(state.step)
         save(state)

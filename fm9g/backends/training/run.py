@@ -22,6 +22,7 @@ import torch
 from fm9g.backends.training import checkpoints
 from fm9g.backends.training.batches import open_stream, stream_tokenizer
 from fm9g.backends.training.collectives import Collectives
+from fm9g.backends.training.evaluate import Evaluator, held_out_batches
 from fm9g.backends.training.loop import LoopSettings, Optimization, Trainer, TrainState, run_loop
 from fm9g.backends.training.lr_schedule import Schedule, schedule_from_config
 from fm9g.backends.training.model import TrainingModel, build_training_model
@@ -138,9 +139,11 @@ class Checkpointer:
                     hf_config=self.built.hf_config, base_weights=self.built.base_weights))
                 return files
 
+            evaluation = state.evaluation if (state.evaluation or {}).get("step") == state.step else None
             checkpoints.write_checkpoint(self.config["save"], step=state.step, tokens_seen=state.tokens_seen,
                                          config=self.config, backend=strategy.name,
-                                         weights="lora" if self.lora else "full", write_files=write_files)
+                                         weights="lora" if self.lora else "full", write_files=write_files,
+                                         evaluation=evaluation)
             if self.config["save_total_limit"]:
                 checkpoints.prune_checkpoints(self.config["save"], self.config["save_total_limit"])
         comm.barrier()
@@ -196,25 +199,31 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
         if resume is not None:
             strategy.restore_optimizer(optimization, resume)
             resume.restore_rng(rank=comm.rank, world_size=comm.world_size)
-            state = TrainState(step=resume.step, tokens_seen=resume.tokens_seen)
+            state = TrainState(step=resume.step, tokens_seen=resume.tokens_seen,
+                               evaluation=resume.manifest.get("evaluation"))
         else:
             torch.manual_seed(config["seed"] + comm.rank)
         schedule = schedule_from_config(config)
         description = strategy.describe(config)
         task_names = list(stream.task_names)
+        held_out = held_out_batches(config, tokenizer, manifest=getattr(stream, "manifest", None),
+                                    task_names=list(stream.task_names)) if config["eval_iters"] else None
         if comm.is_main:
             context.output.print_header(
                 config=config, total_params=total_params, trainable_params=trainable_params,
                 device=description.device, world_size=comm.world_size, task_names=task_names, tokenizer=tokenizer,
-                resumed_from=resume.directory if resume else None, step=state.step, precision=description.precision)
+                resumed_from=resume.directory if resume else None, step=state.step, precision=description.precision,
+                held_out=held_out.plan.describe() if held_out else None)
             for note in description.notes:
                 context.message(f"note: {note}")
             report = RunReport(context.output, config["save"], train_iters=config["train_iters"],
                                resume_step=state.step, progress_seconds=config["progress_seconds"])
         trainer = Trainer(model, optimization, comm, task_names, config["clip_grad"], description.autocast)
         checkpointer = Checkpointer(config, strategy, built, model, optimization, stream, schedule)
+        evaluator = Evaluator(held_out, comm, autocast_dtype=description.autocast) if held_out else None
         state = run_loop(trainer, stream, state, LoopSettings.from_config(config), schedule=schedule,
-                         save=checkpointer.save, report=report)
+                         save=checkpointer.save, report=report,
+                         evaluate=(lambda step: evaluator(model, step)) if evaluator else None)
     finally:
         report.close()
         if hasattr(stream, "close"):

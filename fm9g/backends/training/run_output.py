@@ -58,7 +58,7 @@ class RunOutput:
 
     def print_header(self, *, config: dict[str, Any], total_params: int, trainable_params: int, device: str,
                      world_size: int, task_names: list[str], tokenizer: Any, resumed_from: Path | None,
-                     step: int, precision: str) -> None:
+                     step: int, precision: str, held_out: list[str] | None = None) -> None:
         """Versions, plugins, model size, trainable parameters and the data plan, before the first step."""
         model = config["model"]
         source = model.get("hf_path") or f"preset {model.get('preset')}"
@@ -85,9 +85,24 @@ class RunOutput:
             f"wd {config['weight_decay']}, clip {config['clip_grad']}",
             f"  save      {config['save']} every {config['save_iters'] or config['train_iters']} steps",
         ]
+        if held_out is not None:
+            lines.append(f"  eval      every {config['eval_iters']} steps and at the end"
+                         + (f", first {config['eval_tokens']:,} target tokens per task" if config["eval_tokens"] else ""))
+            lines.extend(f"            {line}" for line in held_out)
         if resumed_from is not None:
             lines.append(f"  resume    from {resumed_from} (step {step})")
         print("\n".join(lines), file=self.out, flush=True)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def evaluation_line(record: dict[str, Any]) -> str:
+    """A held-out evaluation as one line: totals, then each task's loss (and perplexity)."""
+    tasks = ", ".join(f"{name} {_loss(task['loss'])}" for name, task in record["tasks"].items())
+    return (f"eval step {record['step']}: loss {_loss(record['loss'])} (mixture-weighted "
+            f"{_loss(record['weighted_loss'])}) over {record['target_tokens']:,} target tokens | {tasks}")
 
 
 class RunReport:
@@ -125,6 +140,10 @@ class RunReport:
     def message(self, text: str) -> None:
         self.output.message(text)
 
+    def evaluation(self, record: dict[str, Any]) -> None:
+        self.log.log_eval(record)
+        self.output.message(evaluation_line(record))
+
     def flush(self, step: int) -> None:
         self.log.flush(step)
 
@@ -140,6 +159,9 @@ class SilentReport:
         pass
 
     def message(self, text: str) -> None:
+        pass
+
+    def evaluation(self, record: dict[str, Any]) -> None:
         pass
 
     def flush(self, step: int) -> None:
