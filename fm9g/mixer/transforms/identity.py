@@ -10,6 +10,9 @@ from fm9g.core.protocols import Record, TransformFn
 
 
 def _identity(record: Record, num_sample: int, rng: random.Random) -> Record:
+    if "messages" in record:
+        raise TypeError("the identity transform keeps input/output and this record holds 'messages': give its "
+                        "dataset a transform that renders conversations (chat_template, chatml or fm9g)")
     return {"input": record.get("input", ""), "output": record.get("output", "")}
 
 
