@@ -28,14 +28,11 @@ from fm9g.core.atomic import OUTPUT_MARKER, atomic_directory, check_replaceable,
 from fm9g.core.errors import Fm9gError
 from fm9g.index.checksum import VERIFIED_FILE
 from fm9g.index.chunks import BOM, ChunkResult, ChunkTask, init_worker, process_chunk
-from fm9g.index.format import (
-    DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, LENGTH_BUCKETS, META_FILE, length_distribution,
-)
-from fm9g.index.meta import compose_meta
+from fm9g.index.format import DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, META_FILE, length_distribution
+from fm9g.index.meta import meta_from_tallies
 
 _COPY_ROWS = 1 << 20
 _PEEK_BYTES = 1 << 16
-_ESTIMATE_FACTOR = {"zh": 0.7, "en": 1.5}
 _MIN_CHUNK, _MAX_CHUNK = 256 << 10, 2 << 20
 """Chunk size bounds: at least 8 chunks per worker for small inputs, and at most 2 MiB so a
 worker's memory (chunk bytes, parsed records, encodings) stays flat however big the input is."""
@@ -94,7 +91,8 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def _check_output(inputs: list[Path], output: Path, force: bool) -> None:
+def check_apart(inputs: list[Path], output: Path) -> None:
+    """The output directory must be neither an input's directory (the seed's rule) nor hold an input."""
     target = output.resolve()
     for source in inputs:
         if source.resolve().parent == target:
@@ -104,6 +102,10 @@ def _check_output(inputs: list[Path], output: Path, force: bool) -> None:
         if target in source.resolve().parents:
             raise Fm9gError(f"the input {source} lies inside the output directory", where=str(output),
                             fix="choose an --output outside the input's directories")
+
+
+def _check_output(inputs: list[Path], output: Path, force: bool) -> None:
+    check_apart(inputs, output)
     if not output.exists():
         return
     if not force:
@@ -124,7 +126,7 @@ def _check_output(inputs: list[Path], output: Path, force: bool) -> None:
                         where=str(output), fix="remove it yourself or choose another --output")
 
 
-def _peek(path: Path) -> None:
+def peek(path: Path) -> None:
     """Reject JSON that is not JSON Lines (an array, a pretty-printed object) with a clear message."""
     with open(path, "rb") as handle:
         head = handle.read(_PEEK_BYTES)
@@ -139,26 +141,37 @@ def _peek(path: Path) -> None:
                         where=f"{path}:1", fix=f"convert it first: fm9g prepare --adapter jsonl --input {path} --output DIR")
 
 
-def _plan(files: list[Path], chunk_bytes: int) -> Iterator[ChunkTask]:
-    """Newline-aligned byte ranges of every file (a line longer than a chunk makes a longer chunk)."""
+Piece = tuple[Path, int, int]
+"""A newline-aligned byte range ``[start, end)`` of one input file: a whole file, or a shard's part of one."""
+
+
+def whole_files(files: Sequence[Path]) -> list[Piece]:
+    return [(path, 0, path.stat().st_size) for path in files]
+
+
+def line_end_after(handle: Any, position: int, end: int) -> int:
+    """The offset just after the first newline at or after ``position - 1`` (``end`` when there is none
+    before it): a cut there never splits a line, and a cut at a line start stays where it is."""
+    if position <= 0:
+        return 0
+    handle.seek(position - 1)
+    while handle.tell() < end:
+        block = handle.read(1 << 16)
+        if not block:
+            break
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return min(end, handle.tell() - len(block) + newline + 1)
+    return end
+
+
+def _plan(pieces: Sequence[Piece], chunk_bytes: int) -> Iterator[ChunkTask]:
+    """Newline-aligned chunks of every piece (a line longer than a chunk makes a longer chunk)."""
     number = 0
-    for path in files:
-        size = path.stat().st_size
-        start = 0
+    for path, start, stop in pieces:
         with open(path, "rb") as handle:
-            while start < size:
-                end = min(size, start + chunk_bytes)
-                if end < size:
-                    handle.seek(end - 1)
-                    while True:
-                        piece = handle.read(1 << 16)
-                        if not piece:
-                            end = size
-                            break
-                        newline = piece.find(b"\n")
-                        if newline >= 0:
-                            end = handle.tell() - len(piece) + newline + 1
-                            break
+            while start < stop:
+                end = line_end_after(handle, start + chunk_bytes, stop) if start + chunk_bytes < stop else stop
                 yield ChunkTask(number, str(path), start, end, want_sample=number == 0)
                 number += 1
                 start = end
@@ -186,14 +199,14 @@ class _Assembler:
         self.totals = {"tokens": 0, "zh": 0, "en": 0}
         """Integer sums (order-independent, so the result does not depend on chunking); the seed's
         estimate factors (0.7 per character, 1.5 per word) are applied once at the end."""
-        self.line_base = 0
+        self.line_base = self.path_start = 0
         self.current_path: str | None = None
         self.sources = [str(path) for path in files]
 
     def consume(self, result: ChunkResult) -> None:
         task = result.task
         if task.path != self.current_path:
-            self.current_path, self.line_base = task.path, 0
+            self.current_path, self.line_base, self.path_start = task.path, 0, task.start
         if result.skipped:
             self._note_bad(result)
         self.line_base += result.input_lines
@@ -220,7 +233,7 @@ class _Assembler:
 
     def _note_bad(self, result: ChunkResult) -> None:
         local, reason, detail = result.first_bad
-        where = f"{result.task.path}:{self.line_base + local + 1}"
+        where = f"{result.task.path}:{_lines_before(result.task.path, self.path_start) + self.line_base + local + 1}"
         if self.options.strict:
             raise Fm9gError(f"bad line ({reason}{': ' + detail if detail else ''})", where=where,
                             fix="fix or remove the line, or run without --strict to skip and count bad lines")
@@ -239,10 +252,11 @@ class _Assembler:
         self.totals["zh"] += int(result.chars.sum())
         self.totals["en"] += int((result.spaces + 1).sum())
 
-    def language(self) -> str:
-        if self.options.language:
-            return self.options.language
-        return "zh" if self.votes and self.zh_votes * 2 > self.votes else "en"
+    def tallies(self) -> dict[str, Any]:
+        """The sums meta.json's statistics come from (JSON): a shard's add up with the others' to the whole's."""
+        return {"nlines": self.nlines, "nbytes": self.nbytes, "skipped": dict(self.skipped),
+                "normalized": dict(self.normalized), "votes": self.votes, "zh_votes": self.zh_votes,
+                "buckets": {key: dict(counter) for key, counter in self.buckets.items()}, "totals": dict(self.totals)}
 
     def finish(self, tokenizer: Any) -> dict[str, Any]:
         """Close the data files, write index.h5 and meta.json; return the meta document."""
@@ -252,16 +266,10 @@ class _Assembler:
                 handle.close()
         self._write_h5(tokenizer)
         os.rename(self.directory / _PARTIAL_INDEX, self.directory / INDEX_TEXT_FILE)
-        language = self.language()
-        key = "tokens" if self.options.tokenizer else language
-        buckets = {name: int(self.buckets[key].get(name, 0)) for name, _ in LENGTH_BUCKETS}
-        meta = compose_meta(
-            language=language, nlines=self.nlines, nbytes=self.nbytes, length_distribute=buckets,
-            total_tokens=self.totals[key] * _ESTIMATE_FACTOR.get(key, 1), data_sample=self.sample, tokenizer=self.options.tokenizer,
-            tokenizer_fingerprint=tokenizer.fingerprint if tokenizer is not None else None,
-            data_checksum=f"blake2b:{self.hasher.hexdigest()}", skipped=dict(self.skipped),
-            normalized=dict(self.normalized), sources=self.sources,
-        )
+        meta = meta_from_tallies(
+            self.tallies(), language=self.options.language, tokenizer=self.options.tokenizer,
+            tokenizer_fingerprint=tokenizer.fingerprint if tokenizer is not None else None, data_sample=self.sample,
+            data_checksum=f"blake2b:{self.hasher.hexdigest()}", sources=self.sources)
         write_json_atomic(self.directory / META_FILE, meta)
         return meta
 
@@ -281,7 +289,8 @@ class _Assembler:
             h5.attrs["format_version"] = FORMAT_VERSION
             if tokenizer is not None:
                 tokens = h5.create_dataset("tokens", shape=(self.nlines, 2), dtype="int32")
-                counts = np.memmap(tokens_path, dtype=np.int32, mode="r", shape=(self.nlines, 2))
+                counts = (np.memmap(tokens_path, dtype=np.int32, mode="r", shape=(self.nlines, 2)) if self.nlines
+                          else np.zeros((0, 2), np.int32))
                 for begin in range(0, self.nlines, _COPY_ROWS):
                     tokens[begin:begin + _COPY_ROWS] = counts[begin:begin + _COPY_ROWS]
                 del counts
@@ -322,35 +331,59 @@ def build_index(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathL
     files = expand_inputs(inputs)
     _check_output(files, output, options.force)
     for path in files:
-        _peek(path)
+        peek(path)
+    with atomic_directory(output, replace=options.force) as temp:
+        summary, assembler = assemble(whole_files(files), temp, files, options)
+        if assembler.nlines == 0:
+            raise _no_records(files, summary.input_bytes, assembler)
+    summary.output = output
+    return summary
+
+
+def assemble(pieces: Sequence[Piece], directory: Path, files: list[Path],
+             options: BuildOptions) -> tuple[BuildSummary, _Assembler]:
+    """Index ``pieces`` into the (temporary, unpublished) ``directory``; zero records make an empty index.
+    ``files`` are the inputs meta.json names as its sources."""
     tokenizer = None
     if options.tokenizer:
         from fm9g.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(options.tokenizer)
     workers = max(1, options.workers or default_workers())
-    total_bytes = sum(path.stat().st_size for path in files)
+    total_bytes = sum(stop - start for _, start, stop in pieces)
     chunk_bytes = options.chunk_bytes or int(min(_MAX_CHUNK, max(_MIN_CHUNK, total_bytes // (workers * 8) + 1)))
     initargs = (options.tokenizer, options.max_line_bytes, options.language is None, True)
     started = time.perf_counter()
-    with atomic_directory(output, replace=options.force) as temp:
-        assembler = _Assembler(temp, files, options)
-        try:
-            results = _results(_plan(files, chunk_bytes), workers, initargs)
-            with _progress(total_bytes, options.progress) as bar:
-                for result in results:
-                    assembler.consume(result)
-                    bar.update(result.task.end - result.task.start)
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{assembler.nlines / elapsed:,.0f} rec/s", refresh=False)
-            if assembler.nlines == 0:
-                raise _no_records(files, total_bytes, assembler)
-            meta = assembler.finish(tokenizer)
-        finally:
-            for handle in (assembler.data, assembler.index_text, assembler.offsets_scratch, assembler.tokens_scratch):
-                if handle is not None and not handle.closed:
-                    handle.close()
-    return BuildSummary(output, meta, total_bytes, time.perf_counter() - started, workers, assembler.first_bad)
+    assembler = _Assembler(directory, files, options)
+    try:
+        results = _results(_plan(pieces, chunk_bytes), workers, initargs)
+        with _progress(total_bytes, options.progress) as bar:
+            for result in results:
+                assembler.consume(result)
+                bar.update(result.task.end - result.task.start)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{assembler.nlines / elapsed:,.0f} rec/s", refresh=False)
+        meta = assembler.finish(tokenizer)
+    finally:
+        for handle in (assembler.data, assembler.index_text, assembler.offsets_scratch, assembler.tokens_scratch):
+            if handle is not None and not handle.closed:
+                handle.close()
+    summary = BuildSummary(directory, meta, total_bytes, time.perf_counter() - started, workers, assembler.first_bad)
+    return summary, assembler
+
+
+def _lines_before(path: str, position: int) -> int:
+    """Newlines in ``path`` before byte ``position`` (for the line number of a bad line in a shard's
+    part of a file; read only when a bad line is reported)."""
+    count = done = 0
+    with open(path, "rb") as handle:
+        while done < position:
+            block = handle.read(min(8 << 20, position - done))
+            if not block:
+                break
+            count += block.count(b"\n")
+            done += len(block)
+    return count
 
 
 def _no_records(files: list[Path], total_bytes: int, assembler: _Assembler) -> Fm9gError:
@@ -365,7 +398,8 @@ def _no_records(files: list[Path], total_bytes: int, assembler: _Assembler) -> F
 
 
 def _progress(total: int, enabled: bool | None):
-    from tqdm import tqdm
+    """tqdm's bar on a terminal (always with ``True``), a plain line now and then in a log, nothing with ``False``."""
+    from fm9g.core.progress import progress_bar
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="index",
-                disable=None if enabled is None else not enabled, dynamic_ncols=True)
+    return progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="index",
+                        enabled=enabled is not False, bar=True if enabled else None)

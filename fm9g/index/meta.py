@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fm9g import __version__
-from fm9g.index.format import FORMAT_VERSION, truncate_sample
+from fm9g.index.format import FORMAT_VERSION, LENGTH_BUCKETS, truncate_sample
 
 
 def compose_meta(
@@ -48,3 +48,47 @@ def compose_meta(
         "sources": sources,
         "fm9g_version": __version__,
     }
+
+
+ESTIMATE_FACTOR = {"zh": 0.7, "en": 1.5}
+"""The seed's token estimate without a tokenizer: per character (zh) and per space-separated word (en)."""
+
+
+def detected_language(tallies: dict[str, Any]) -> str:
+    """``zh`` when most voting records are mostly Chinese, else ``en``."""
+    return "zh" if tallies["votes"] and tallies["zh_votes"] * 2 > tallies["votes"] else "en"
+
+
+def meta_from_tallies(tallies: dict[str, Any], *, language: str | None, tokenizer: str | None,
+                      tokenizer_fingerprint: str | None, data_sample: dict[str, Any] | None, data_checksum: str,
+                      sources: list[str]) -> dict[str, Any]:
+    """meta.json from a build's tallies (integer sums, so the result does not depend on how the input
+    was cut into chunks or shards); the estimate factors are applied once, here."""
+    language = language or detected_language(tallies)
+    key = "tokens" if tokenizer else language
+    counts = tallies["buckets"].get(key, {})
+    return compose_meta(
+        language=language, nlines=tallies["nlines"], nbytes=tallies["nbytes"],
+        length_distribute={name: int(counts.get(name, 0)) for name, _ in LENGTH_BUCKETS},
+        total_tokens=tallies["totals"].get(key, 0) * ESTIMATE_FACTOR.get(key, 1), data_sample=data_sample,
+        tokenizer=tokenizer, tokenizer_fingerprint=tokenizer_fingerprint, data_checksum=data_checksum,
+        skipped=tallies["skipped"], normalized=tallies["normalized"], sources=sources)
+
+
+def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tallies of the concatenation of the parts' inputs."""
+    merged: dict[str, Any] = {"nlines": 0, "nbytes": 0, "skipped": {}, "normalized": {}, "votes": 0, "zh_votes": 0,
+                              "buckets": {}, "totals": {}}
+    for part in parts:
+        for key in ("nlines", "nbytes", "votes", "zh_votes"):
+            merged[key] += part[key]
+        for key in ("skipped", "normalized", "totals"):
+            _add_counts(merged[key], part[key])
+        for name, counts in part["buckets"].items():
+            _add_counts(merged["buckets"].setdefault(name, {}), counts)
+    return merged
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, count in counts.items():
+        into[name] = into.get(name, 0) + count

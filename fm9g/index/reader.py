@@ -38,11 +38,11 @@ def _rebuild_fix(path: Path) -> str:
 class IndexedDataset:
     """Records of one indexed dataset directory, by line number."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, check_checksum: bool = True):
         self.path = Path(path)
         self._fd: int | None = None
         self._fd_pid: int | None = None
-        self._open(check_checksum=True)
+        self._open(check_checksum=check_checksum)
 
     # ------------------------------------------------------------------ opening and checks
     def _open(self, *, check_checksum: bool) -> None:

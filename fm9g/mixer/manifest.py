@@ -165,6 +165,11 @@ def _path_problems(value: Any, where: str, base_dir: Path) -> list[str]:
         return [f"{where}: directory does not exist: {directory}"]
     if not directory.is_dir():
         return [f"{where}: not a directory: {directory}"]
+    if (directory / "shards.json").is_file():  # a sharded index: complete once its aggregate is written
+        from fm9g.index.sharded_reader import incomplete
+
+        problem = incomplete(directory)
+        return [f"{where}: {problem} in {directory} (see fm9g index --finalize)"] if problem else []
     if not (directory / "data.jsonl").is_file():
         return [f"{where}: not an indexed dataset (no data.jsonl): {directory} (build it with fm9g index)"]
     if not (directory / "index").is_file() and not (directory / "index.h5").is_file():

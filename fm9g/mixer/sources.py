@@ -38,10 +38,11 @@ and so were a second tokenizing thread and prefetching only once half a chunk wa
 
 
 def open_dataset(path: str | os.PathLike) -> Any:
-    """Open an indexed dataset directory with the index reader, which reads the seed's directories too."""
-    from fm9g.index.reader import IndexedDataset
+    """Open an indexed dataset directory with the index reader, which reads the seed's directories and
+    sharded indexes too (one dataset with one row numbering over all its shards)."""
+    from fm9g.index.sharded_reader import open_indexed
 
-    return IndexedDataset(path)
+    return open_indexed(path)
 
 
 @dataclass(frozen=True)
