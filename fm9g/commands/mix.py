@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--train-iters", type=int, metavar="N", help="run N global batches (one per train iteration)")
     budget.add_argument("--samples", type=int, metavar="N",
                         help=f"run until N samples are packed (default {DEFAULT_SAMPLES:,} when no budget is given)")
-    parser.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples as the model sees them")
+    parser.add_argument("--preview", type=int, default=0, metavar="N",
+                        help="print N samples as the model sees them: masked and trained runs (turn by turn)")
+    parser.add_argument("--preview-tokens", type=int, default=0, metavar="N",
+                        help="print the first N positions of the first packed batch: ids, tokens, labels, BOS/EOS "
+                             "and where each sample begins")
     parser.add_argument("--plot", metavar="FILE.png", help="draw realized vs target token share over the run")
     parser.add_argument("--output", metavar="DIR", help="materialize the packed stream into DIR (for fm9g train)")
     parser.add_argument("--force", action="store_true",
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from fm9g.mixer.manifest import load_manifest
     from fm9g.mixer.materialized import MaterializedWriter
     from fm9g.mixer.plan import make_plan, print_plan
-    from fm9g.mixer.preview import preview_samples, print_preview
+    from fm9g.mixer.preview import preview_samples, preview_tokens, print_preview, print_token_preview
     from fm9g.mixer.report import MixRecorder, print_report, realized_report
     from fm9g.mixer.stream import MixtureStream
 
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.preview:
         print_preview(preview_samples(open_stream(), stream.task_names, stream.tokenizer, args.preview), console)
+    if args.preview_tokens:
+        first = next(iter(open_stream()))
+        print_token_preview(preview_tokens(first, stream.task_names, stream.tokenizer, args.preview_tokens), console)
     if args.workers:
         stream = open_stream(args.workers)
     writer = MaterializedWriter(args.output, capacity=stream.capacity, force=args.force) if args.output else None
