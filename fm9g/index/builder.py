@@ -195,6 +195,7 @@ class _Assembler:
         self.first_bad: dict[str, str] = {}
         self.sample: dict[str, Any] | None = None
         self.zh_votes = self.votes = 0
+        self.conversations = 0
         self.buckets = {"tokens": Counter(), "zh": Counter(), "en": Counter()}
         self.totals = {"tokens": 0, "zh": 0, "en": 0}
         """Integer sums (order-independent, so the result does not depend on chunking); the seed's
@@ -216,6 +217,7 @@ class _Assembler:
             self.sample = result.sample
         self.zh_votes += result.zh_votes
         self.votes += result.votes
+        self.conversations += result.messages
         payload = result.data
         if payload is None:
             with open(task.path, "rb", buffering=0) as handle:
@@ -256,7 +258,8 @@ class _Assembler:
         """The sums meta.json's statistics come from (JSON): a shard's add up with the others' to the whole's."""
         return {"nlines": self.nlines, "nbytes": self.nbytes, "skipped": dict(self.skipped),
                 "normalized": dict(self.normalized), "votes": self.votes, "zh_votes": self.zh_votes,
-                "buckets": {key: dict(counter) for key, counter in self.buckets.items()}, "totals": dict(self.totals)}
+                "buckets": {key: dict(counter) for key, counter in self.buckets.items()}, "totals": dict(self.totals),
+                "record_forms": {"input_output": self.nlines - self.conversations, "messages": self.conversations}}
 
     def finish(self, tokenizer: Any) -> dict[str, Any]:
         """Close the data files, write index.h5 and meta.json; return the meta document."""

@@ -22,6 +22,7 @@ def compose_meta(
     skipped: dict[str, int],
     normalized: dict[str, int],
     sources: list[str],
+    record_forms: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The meta.json document.
 
@@ -46,6 +47,7 @@ def compose_meta(
         "skipped": dict(sorted(skipped.items())),
         "normalized": dict(sorted(normalized.items())),
         "sources": sources,
+        **({"record_forms": dict(sorted(record_forms.items()))} if record_forms is not None else {}),
         "fm9g_version": __version__,
     }
 
@@ -72,7 +74,8 @@ def meta_from_tallies(tallies: dict[str, Any], *, language: str | None, tokenize
         length_distribute={name: int(counts.get(name, 0)) for name, _ in LENGTH_BUCKETS},
         total_tokens=tallies["totals"].get(key, 0) * ESTIMATE_FACTOR.get(key, 1), data_sample=data_sample,
         tokenizer=tokenizer, tokenizer_fingerprint=tokenizer_fingerprint, data_checksum=data_checksum,
-        skipped=tallies["skipped"], normalized=tallies["normalized"], sources=sources)
+        skipped=tallies["skipped"], normalized=tallies["normalized"], sources=sources,
+        record_forms=tallies.get("record_forms"))
 
 
 def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -84,6 +87,8 @@ def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] += part[key]
         for key in ("skipped", "normalized", "totals"):
             _add_counts(merged[key], part[key])
+        if "record_forms" in part:
+            _add_counts(merged.setdefault("record_forms", {}), part["record_forms"])
         for name, counts in part["buckets"].items():
             _add_counts(merged["buckets"].setdefault(name, {}), counts)
     return merged

@@ -86,3 +86,18 @@ def test_prepare_and_index_a_sharegpt_file(tmp_path) -> None:
                           BuildOptions(tokenizer="byte", workers=1, progress=False))
     assert summary.meta["nlines"] == 2 and summary.meta["skipped"] == {}
     assert summary.meta["total_tokens"] == len("hiyo") + len("qanswerq2a2") + 2  # contents, newline-joined
+
+
+def test_meta_counts_the_record_forms_of_a_mixed_dataset(tmp_path) -> None:
+    from fm9g.core.schemas import validate
+    from fm9g.index.builder import BuildOptions, build_index
+
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(json.dumps(record) for record in [
+        {"input": "q", "output": "a"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"messages": [{"role": "user", "content": "no reply"}]}]) + "\n", encoding="utf-8")
+    summary = build_index([data], tmp_path / "index", BuildOptions(workers=1, progress=False))
+    assert summary.meta["record_forms"] == {"input_output": 1, "messages": 1}
+    assert summary.meta["skipped"] == {"no_assistant_turn": 1}
+    validate(summary.meta, "meta", "meta.json")
