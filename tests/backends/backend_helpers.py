@@ -106,18 +106,20 @@ def list_stream_factory(count: int = 64, **kwargs):
 
 
 def build_mixture(root: Path, *, max_length: int = 128, batch_size: int = 2) -> Path:
-    """Index two small byte-tokenized datasets (``chat`` with ChatML, ``book``) and write ``root/mix.json``."""
+    """Index two small byte-tokenized datasets (``chat`` with ChatML, ``book``) and write ``root/mix.json``;
+    each has a held-out split indexed at ``idx/<name>/test`` (23 and 17 rows), where fm9g train finds it."""
     from fm9g.index.builder import BuildOptions, build_index
 
     rng = np.random.RandomState(0)
-    for name, lines in (("chat", 300), ("book", 200)):
-        with open(root / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-            for _ in range(lines):
-                record = {"input": make_text(rng, rng.randint(1, 5)) if name == "chat" else "",
-                          "output": make_text(rng, rng.randint(2, 14))}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        build_index([root / f"{name}.jsonl"], root / "idx" / name,
-                    BuildOptions(tokenizer="byte", workers=1, progress=False))
+    for name, lines, held_out in (("chat", 300, 23), ("book", 200, 17)):
+        for split, count, output in (("train", lines, root / "idx" / name), ("test", held_out, root / "idx" / name / "test")):
+            path = root / f"{name}.{split}.jsonl"
+            with open(path, "w", encoding="utf-8") as handle:
+                for _ in range(count):
+                    record = {"input": make_text(rng, rng.randint(1, 5)) if name == "chat" else "",
+                              "output": make_text(rng, rng.randint(2, 14))}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            build_index([path], output, BuildOptions(tokenizer="byte", workers=1, progress=False))
     manifest = {"max_length": max_length, "batch_size": batch_size, "tokenizer": "byte", "seed": 7, "datasets": [
         {"task_name": "chat", "path": "idx/chat", "abs_weight": 0.6, "transform": "chatml"},
         {"task_name": "book", "path": "idx/book", "abs_weight": 0.4}]}
