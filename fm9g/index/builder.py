@@ -28,7 +28,9 @@ from fm9g.core.atomic import OUTPUT_MARKER, atomic_directory, check_replaceable,
 from fm9g.core.errors import Fm9gError
 from fm9g.index.checksum import VERIFIED_FILE
 from fm9g.index.chunks import BOM, ChunkResult, ChunkTask, init_worker, process_chunk
-from fm9g.index.format import DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, META_FILE, length_distribution
+from fm9g.index.format import (
+    DATA_FILE, FORMAT_VERSION, INDEX_H5_FILE, INDEX_TEXT_FILE, META_FILE, length_distribution, merge_votes,
+)
 from fm9g.index.meta import meta_from_tallies
 
 _COPY_ROWS = 1 << 20
@@ -194,7 +196,7 @@ class _Assembler:
         self.normalized: Counter = Counter()
         self.first_bad: dict[str, str] = {}
         self.sample: dict[str, Any] | None = None
-        self.zh_votes = self.votes = 0
+        self.votes: list[list[int]] = []
         self.conversations = 0
         self.buckets = {"tokens": Counter(), "zh": Counter(), "en": Counter()}
         self.totals = {"tokens": 0, "zh": 0, "en": 0}
@@ -215,8 +217,7 @@ class _Assembler:
         self.normalized.update(result.normalized)
         if self.sample is None and result.sample is not None:
             self.sample = result.sample
-        self.zh_votes += result.zh_votes
-        self.votes += result.votes
+        self.votes = merge_votes(self.votes, result.votes)
         self.conversations += result.messages
         payload = result.data
         if payload is None:
@@ -257,7 +258,7 @@ class _Assembler:
     def tallies(self) -> dict[str, Any]:
         """The sums meta.json's statistics come from (JSON): a shard's add up with the others' to the whole's."""
         return {"nlines": self.nlines, "nbytes": self.nbytes, "skipped": dict(self.skipped),
-                "normalized": dict(self.normalized), "votes": self.votes, "zh_votes": self.zh_votes,
+                "normalized": dict(self.normalized), "votes": self.votes,
                 "buckets": {key: dict(counter) for key, counter in self.buckets.items()}, "totals": dict(self.totals),
                 "record_forms": {"input_output": self.nlines - self.conversations, "messages": self.conversations}}
 

@@ -9,6 +9,7 @@ int64; fm9g adds ``tokens`` int32 [nlines, 2]) and ``meta.json``.
 from __future__ import annotations
 
 import copy
+import heapq
 from typing import Any
 
 DATA_FILE = "data.jsonl"
@@ -30,6 +31,16 @@ LENGTH_BUCKETS: tuple[tuple[str, int], ...] = (
     ("more_256k", -1),
 )
 """The seed's ``length_distribute`` buckets: name and exclusive upper bound (the seed uses 4000, not 4096)."""
+
+LANGUAGE_VOTES = 100
+"""Records whose script votes for the dataset language when ``--language`` is not given: those of
+the smallest line hashes, a uniform sample of the whole input that does not depend on chunking."""
+
+
+def merge_votes(*parts: Any) -> list[list[int]]:
+    """The :data:`LANGUAGE_VOTES` smallest ``(hash, is Chinese)`` votes of the parts together."""
+    return [list(vote) for vote in heapq.nsmallest(LANGUAGE_VOTES, (tuple(vote) for part in parts for vote in part))]
+
 
 SAMPLE_STRING_LIMIT = 50
 """The seed truncates every string of ``data_sample`` in meta.json to 50 characters plus ``...``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fm9g import __version__
-from fm9g.index.format import FORMAT_VERSION, LENGTH_BUCKETS, truncate_sample
+from fm9g.index.format import FORMAT_VERSION, LENGTH_BUCKETS, merge_votes, truncate_sample
 
 
 def compose_meta(
@@ -58,7 +58,8 @@ ESTIMATE_FACTOR = {"zh": 0.7, "en": 1.5}
 
 def detected_language(tallies: dict[str, Any]) -> str:
     """``zh`` when most voting records are mostly Chinese, else ``en``."""
-    return "zh" if tallies["votes"] and tallies["zh_votes"] * 2 > tallies["votes"] else "en"
+    votes = tallies["votes"]
+    return "zh" if votes and sum(vote for _, vote in votes) * 2 > len(votes) else "en"
 
 
 def meta_from_tallies(tallies: dict[str, Any], *, language: str | None, tokenizer: str | None,
@@ -80,11 +81,12 @@ def meta_from_tallies(tallies: dict[str, Any], *, language: str | None, tokenize
 
 def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The tallies of the concatenation of the parts' inputs."""
-    merged: dict[str, Any] = {"nlines": 0, "nbytes": 0, "skipped": {}, "normalized": {}, "votes": 0, "zh_votes": 0,
+    merged: dict[str, Any] = {"nlines": 0, "nbytes": 0, "skipped": {}, "normalized": {}, "votes": [],
                               "buckets": {}, "totals": {}}
     for part in parts:
-        for key in ("nlines", "nbytes", "votes", "zh_votes"):
+        for key in ("nlines", "nbytes"):
             merged[key] += part[key]
+        merged["votes"] = merge_votes(merged["votes"], part["votes"])
         for key in ("skipped", "normalized", "totals"):
             _add_counts(merged[key], part[key])
         if "record_forms" in part:
