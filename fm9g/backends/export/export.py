@@ -16,7 +16,7 @@ from pathlib import Path
 from fm9g.backends.export.output import (ExportReport, cast_state, copy_remote_code, refuse_nested, save_model_dir,
                                          staged_directory, torch_dtype)
 from fm9g.backends.export.source import CheckpointSource
-from fm9g.backends.export.tokenizer import write_tokenizer
+from fm9g.backends.export.tokenizer import training_chat_template, write_tokenizer
 from fm9g.backends.lora.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, OPENDELTA_WEIGHTS
 from fm9g.backends.lora.merge import LoraHyper
 from fm9g.backends.models.materialize import materialize_model
@@ -82,7 +82,8 @@ def export_checkpoint(
     torch_dtype(dtype)
     spec = tokenizer if tokenizer is not None else source.tokenizer_spec
     with staged_directory(output, force=force) as stage:
-        note, special_ids = write_tokenizer(spec, stage, fallback_dir=source.base_hf_dir())
+        note, special_ids = write_tokenizer(spec, stage, fallback_dir=source.base_hf_dir(),
+                                            chat_template=training_chat_template(source.data_manifest()))
         if source.weights == "lora" and not merge_lora:
             kind = write_adapter(source, stage, fmt)
         else:

@@ -81,6 +81,11 @@ class CheckpointSource:
             spec = f"{spec[:3]}{found}" if found is not None else spec
         return spec
 
+    def data_manifest(self) -> Path | None:
+        """The run's mix manifest (``data.manifest`` of the train config), when it names one that exists."""
+        raw = (self.config.get("data") or {}).get("manifest")
+        return self._resolve(raw, "data.manifest", required=False) if raw else None
+
     def _data_tokenizer_spec(self) -> str | None:
         data = self.config.get("data") or {}
         try:

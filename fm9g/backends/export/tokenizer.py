@@ -60,7 +60,28 @@ def _sentencepiece_tokenizer(model_file: Path, out: Path) -> None:
     AutoTokenizer.from_pretrained(out, trust_remote_code=False).save_pretrained(out)
 
 
-def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = None) -> tuple[str, dict | None]:
+def training_chat_template(manifest_path: Path | None):
+    """The chat template the run's conversations were rendered with: the first dataset of the mix
+    manifest whose transform renders conversations (``chat_template``, ``chatml``, ``fm9g``: a
+    transform plugin with a ``template(options)`` method); ``None`` when none does."""
+    if manifest_path is None:
+        return None
+    from fm9g.core.plugins import get_plugin, validate_options
+    from fm9g.mixer.manifest import load_manifest
+
+    for dataset in load_manifest(manifest_path, check_paths=False).datasets:
+        ref = dataset.transform
+        if ref.script is not None or ref.name is None:
+            continue
+        plugin = get_plugin("transform", ref.name, where=f"{manifest_path}: {dataset.where}")
+        template = getattr(plugin, "template", None)
+        if callable(template):
+            return template(validate_options(plugin, ref.options, where=f"{manifest_path}: {dataset.where}"))
+    return None
+
+
+def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = None,
+                    chat_template=None) -> tuple[str, dict | None]:
     """Write tokenizer files for ``spec`` into ``out``; return a note and its special ids (or None).
 
     ``byte``: a ``tokenizer.json`` reproducing the byte tokenizer; ``hf:DIR``: DIR's tokenizer files
@@ -97,7 +118,46 @@ def write_tokenizer(spec: str | None, out: Path, *, fallback_dir: Path | None = 
         raise Fm9gError(f"cannot export tokenizer spec '{spec}'", where="tokenizer",
                         fix="use byte, hf:DIR or sp:FILE.model, or copy the tokenizer files by hand")
     _begin_with_bos(spec, out)
-    return note, _special_ids(out)
+    template_note = _carry_chat_template(spec, out, chat_template)
+    return note + (f"; {template_note}" if template_note else ""), _special_ids(out)
+
+
+def _carry_chat_template(spec: str, out: Path, chat_template) -> str:
+    """Give the exported tokenizer the chat template training rendered with (else keep its own)
+    and make it begin with BOS as every training sample does, so ``apply_chat_template(messages,
+    tokenize=True)`` (which adds no special tokens itself) gives the training prompt's ids.
+
+    The byte tokenizer encodes special-token strings as bytes, so its template cannot write BOS:
+    there ``tokenizer(apply_chat_template(messages, tokenize=False))`` adds it (the post-processor)."""
+    from tokenizers import Tokenizer
+
+    from fm9g.tokenizers import load_tokenizer
+
+    config_path = out / "tokenizer_config.json"
+    if not config_path.is_file():
+        return ""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    jinja_file = out / "chat_template.jinja"
+    source = chat_template.source if chat_template is not None else (
+        jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template"))
+    if not isinstance(source, str):
+        return ""
+    name = spec.partition(":")[0]
+    note = "chat template of the training transform" if chat_template is not None else "the tokenizer's chat template"
+    if name != "byte" and (out / "tokenizer.json").is_file():
+        bos = Tokenizer.from_file(str(out / "tokenizer.json")).id_to_token(load_tokenizer(spec).bos_id)
+        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        from fm9g.mixer.transforms.rendering import ChatTemplate
+
+        specials = {**(chat_template.specials if chat_template is not None else {}), "bos_token": bos}
+        if not ChatTemplate(source, specials).render_text(probe).startswith(bos):
+            source = "{{- bos_token }}" + source
+            note += ", beginning with BOS"
+        config["bos_token"] = bos
+    config["chat_template"] = source
+    jinja_file.unlink(missing_ok=True)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return note
 
 
 def _begin_with_bos(spec: str, out: Path) -> None:
