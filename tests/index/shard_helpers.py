@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,32 @@ def tree(directory: Path) -> dict[str, bytes]:
     """Every file of a sharded index (the checksum cache aside, which records inodes) by relative path."""
     return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
             if path.is_file() and path.name != ".fm9g-verified.json"}
+
+
+def big_input(path: Path, megabytes: float) -> Path:
+    """A JSONL file of distinct records, big enough that indexing it takes a killable while."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        written, row = 0, 0
+        while written < megabytes * 1_000_000:
+            line = json.dumps({"input": f"问题 {row} 是什么？", "output": f"回答 {row}，" + "这是一个很长的回答，" * 40
+                               + " and some English words"}, ensure_ascii=False) + "\n"
+            handle.write(line)
+            written += len(line.encode())
+            row += 1
+    return path
+
+
+def wait_for_temp_data(output: Path, name: str, alive: Callable[[], bool], *, seconds: float = 120) -> int:
+    """The PID in the name of the temp directory of shard ``name`` once it holds data (the task is
+    mid-build); fails when ``alive()`` turns false first or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    prefix = f".{name}.fm9g-tmp-"
+    while time.monotonic() < deadline:
+        for temp in output.glob(f"{prefix}*") if output.is_dir() else ():
+            data = temp / "data.jsonl"
+            if data.exists() and data.stat().st_size > 0:
+                return int(temp.name[len(prefix):])
+        assert alive(), "the task finished before it could be killed"
+        time.sleep(0.005)
+    raise AssertionError(f"shard {name} never started writing")
