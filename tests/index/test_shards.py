@@ -188,3 +188,24 @@ def test_shard_argument_must_be_i_of_n(text: str) -> None:
     with pytest.raises(Fm9gError, match="I/N"):
         parse_shard(text)
     assert parse_shard("0/1") == (0, 1) and parse_shard("7/8") == (7, 8)
+
+
+def test_the_command_line_finalize_and_its_errors(tmp_path: Path, inputs: list[Path], capsys) -> None:
+    from fm9g.cli import main
+
+    output = str(tmp_path / "sharded")
+    common = ["index", "--input", *map(str, inputs), "--output", output, "--tokenizer", "byte", "--no-progress"]
+    assert main([*common, "--shard", "0/2"]) == 0
+    assert main(["index", "--finalize", output]) != 0
+    assert "1 of 2 shards are not complete: 1" in capsys.readouterr().err
+    assert main([*common, "--shard", "1/2", "--force"]) != 0
+    assert "would delete the other tasks' shards" in capsys.readouterr().err
+    assert main([*common, "--shard", "1/2", "--executor", "ray"]) != 0
+    assert "--shards 2 --executor ray" in capsys.readouterr().err
+    assert main([*common, "--shard", "1/2"]) == 0
+    assert "sharded index complete" in capsys.readouterr().out
+    os.remove(Path(output) / "meta.json")
+    assert main(["index", "--finalize", output]) == 0
+    assert f"in 2 shards under {output}" in capsys.readouterr().out
+    assert main(["index", "--finalize", str(inputs[0].parent)]) != 0
+    assert "not a sharded index" in capsys.readouterr().err
