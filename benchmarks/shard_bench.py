@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Sharded indexing: N ``fm9g index --shard i/N`` processes over 1, 2, … P at a time, and the same
+shards as Ray tasks on a local Ray cluster (its per-task overhead), on one machine.
+
+Workload: a generated JSONL input (distinct zh/en records, ``--megabytes``, default 60) or ``--input``;
+the tokenizer is ``--tokenizer`` (e.g. ``hf:/tmp/corpus/tokenizer``, the make_corpus BPE), else
+none. Each shard task indexes with one worker process (``--workers 1``), so P tasks use P cores.
+
+* processes: the N shard tasks as separate ``python -m fm9g index --shard i/N`` processes, at
+  most P running at once (what a Slurm array on one node does), then the aggregate;
+* ray: ``fm9g index --shards N --executor ray`` on ``ray.init(num_cpus=P)`` started beforehand
+  (its start-up is reported apart); per-task overhead = wall × P / N − the tasks' mean own time;
+* overhead: the same with ``--tiny-shards`` tasks of a 1 MB input, where the overhead dominates.
+
+Usage::
+
+    python benchmarks/shard_bench.py --work /tmp/shard_bench --processes 1,2 --shards 8 [--tokenizer hf:DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_input(path: Path, megabytes: float) -> Path:
+    if path.is_file() and path.stat().st_size >= megabytes * 1e6:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        row = 0
+        while handle.tell() < megabytes * 1e6:
+            text = ("这是一个很长的回答，" * (5 + row % 40)) if row % 3 else ("a fairly long answer " * (5 + row % 60))
+            handle.write(json.dumps({"input": f"问题 {row}?", "output": f"{row}: {text}"}, ensure_ascii=False) + "\n")
+            row += 1
+    return path
+
+
+def run_processes(source: Path, output: Path, shards: int, parallel: int, tokenizer: str | None) -> float:
+    shutil.rmtree(output, ignore_errors=True)
+    extra = ["--tokenizer", tokenizer] if tokenizer else []
+    started = time.perf_counter()
+    waiting, running = list(range(shards)), []
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            index = waiting.pop(0)
+            running.append(subprocess.Popen(
+                [sys.executable, "-m", "fm9g", "index", "--input", str(source), "--output", str(output),
+                 "--shard", f"{index}/{shards}", "--workers", "1", "--no-progress", *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for process in list(running):
+            if process.poll() is not None:
+                running.remove(process)
+                if process.returncode != 0:
+                    raise SystemExit(process.stderr.read().decode())
+        time.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def run_ray(source: Path, output: Path, shards: int, tokenizer: str | None) -> tuple[float, float]:
+    """(wall seconds, mean seconds a task spent building) on the already started Ray runtime."""
+    from fm9g.index.builder import BuildOptions
+    from fm9g.index.executors import build_all
+
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    outcomes = build_all([source], output, shards, BuildOptions(tokenizer=tokenizer, workers=1, progress=False),
+                         executor="ray")
+    return time.perf_counter() - started, sum(outcome.seconds for outcome in outcomes) / len(outcomes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/shard_bench"))
+    parser.add_argument("--input", type=Path, help="a JSONL input (default: a generated one of --megabytes)")
+    parser.add_argument("--megabytes", type=float, default=60)
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--tiny-shards", type=int, default=32)
+    parser.add_argument("--processes", default=",".join(str(p) for p in (1, 2, 4, 8, 16) if p <= len(os.sched_getaffinity(0))))
+    parser.add_argument("--results", type=Path)
+    args = parser.parse_args()
+    source = args.input or make_input(args.work / "input.jsonl", args.megabytes)
+    tiny = make_input(args.work / "tiny.jsonl", 1)
+    megabytes = source.stat().st_size / 1e6
+    rows = []
+    for parallel in map(int, args.processes.split(",")):
+        seconds = run_processes(source, args.work / "out-processes", args.shards, parallel, args.tokenizer)
+        rows.append({"executor": "processes", "parallel": parallel, "shards": args.shards, "seconds": seconds,
+                     "mb_per_s": megabytes / seconds})
+        print(f"processes  P={parallel:<3} {args.shards} shards of {megabytes:,.0f} MB: {seconds:7.2f} s  "
+              f"{megabytes / seconds:7.1f} MB/s", flush=True)
+    import ray
+
+    for parallel in map(int, args.processes.split(",")):
+        started = time.perf_counter()
+        ray.init(num_cpus=parallel, log_to_driver=False, configure_logging=False)
+        startup = time.perf_counter() - started
+        try:
+            seconds, own = run_ray(source, args.work / "out-ray", args.shards, args.tokenizer)
+            tiny_seconds, tiny_own = run_ray(tiny, args.work / "out-tiny", args.tiny_shards, args.tokenizer)
+        finally:
+            ray.shutdown()
+        overhead = tiny_seconds * parallel / args.tiny_shards - tiny_own
+        rows.append({"executor": "ray", "parallel": parallel, "shards": args.shards, "seconds": seconds,
+                     "mb_per_s": megabytes / seconds, "startup_s": startup, "task_overhead_s": overhead})
+        print(f"ray        P={parallel:<3} {args.shards} shards of {megabytes:,.0f} MB: {seconds:7.2f} s  "
+              f"{megabytes / seconds:7.1f} MB/s  (ray.init {startup:.1f} s; per task {overhead * 1000:.0f} ms "
+              f"over its own {tiny_own * 1000:.0f} ms, from {args.tiny_shards} tasks of 1 MB)", flush=True)
+    if args.results:
+        args.results.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
