@@ -173,9 +173,13 @@ def model_flops(result, lora: bool, layers: int, hidden: int) -> float:
 def summarize(name, side, result, lora, peak_tflops, shape):
     rate = result["useful"] / result["seconds"]
     mfu = model_flops(result, lora, *shape) / result["seconds"] / (peak_tflops * 1e12)
-    return dict(scenario=name, side=side, useful_tokens_per_s=rate, useful_share=result["useful"] / result["computed"],
-                mfu=mfu, peak_gib=result["peak_gib"], seconds=result["seconds"], useful_tokens=result["useful"],
-                params=result["params"])
+    row = dict(scenario=name, side=side, useful_tokens_per_s=rate, useful_share=result["useful"] / result["computed"],
+               mfu=mfu, peak_gib=result["peak_gib"], seconds=result["seconds"], useful_tokens=result["useful"],
+               params=result["params"])
+    if "eval" in result:
+        row["eval"] = dict(result["eval"], speedup=result["eval"]["tokens_per_s"] / rate,
+                           cold_speedup=result["eval"]["cold_tokens_per_s"] / rate)
+    return row
 
 
 def _bmtrain_available() -> str | None:
@@ -243,6 +247,8 @@ def main() -> int:
                              "model in order; order them by growing memory (the first out-of-memory point ends it)")
     parser.add_argument("--kernels", choices=("hf", "liger"), default="hf",
                         help="fm9g sides: the train config's model.kernels (liger: fused RMSNorm/RoPE/SwiGLU, CUDA)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="torch side: skip timing held-out evaluation (fm9g's Evaluator) after training")
     parser.add_argument("--profile", action="store_true", help="fm9g sides: time one step's phases and list its top kernels")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H200: 989)")
     parser.add_argument("--output", help="write the results as JSON here (default: $OUT/train_bench.json if OUT is set)")
@@ -262,6 +268,7 @@ def main() -> int:
     from fm9g.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(json.loads(manifest.read_text())["tokenizer"])
+    args.manifest = None if args.no_eval else manifest
     output = args.output or (str(Path(os.environ["OUT"]) / "train_bench.json") if os.environ.get("OUT") else None)
     rows, data = [], {}
     bmtrain_missing = _bmtrain_available()
@@ -311,6 +318,11 @@ def main() -> int:
         if "useful_tokens_per_s" in done:
             print(f"[{name}:{side}] {done['useful_tokens_per_s']:,.0f} useful tokens/s, MFU {100 * done['mfu']:.1f}%, "
                   f"peak {done['peak_gib']:.1f} GiB", flush=True)
+        if "eval" in done:
+            evaluation = done["eval"]
+            print(f"[{name}:{side}] held-out evaluation: {evaluation['tokens_per_s']:,.0f} tokens/s = "
+                  f"{evaluation['speedup']:.2f}x the training step's (first evaluation {evaluation['cold_speedup']:.2f}x), "
+                  f"peak {evaluation['peak_gib']:.1f} GiB (training {done['peak_gib']:.1f})", flush=True)
         if output:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             Path(output).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "quick": args.quick,

@@ -154,8 +154,42 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
     result.update(peak_gib=peak_gib(device), params=params)
     if knobs.profile:
         _profile(step, trainer.optimization, groups[-1], device, "torch")
+    if getattr(knobs, "manifest", None):
+        result["eval"] = time_evaluation(model, knobs.manifest, scenario, device, autocast,
+                                         target_tokens=max(result["useful"] // 4, 1))
     del model, optimizer
     return result
+
+
+def time_evaluation(model, manifest, scenario, device, autocast, *, target_tokens: int) -> dict:
+    """fm9g's held-out evaluation (``Evaluator``, data preparation included) of the trained model on
+    the mixture's datasets, about ``target_tokens`` target tokens of each: tokens/s of a first (cold)
+    evaluation and of a second one (kernels warm, as for every evaluation of a run after its first;
+    the training figures likewise leave out warm-up steps), and the peak GPU memory during them (the
+    optimizer state stays allocated, as in a training run)."""
+    from dataclasses import replace
+
+    from fm9g.backends.training.collectives import TorchDistributed
+    from fm9g.backends.training.evaluate import Evaluator
+    from fm9g.mixer.held_out import HeldOutBatches, find_held_out
+    from fm9g.mixer.manifest import load_manifest
+    from fm9g.tokenizers import load_tokenizer
+
+    mix = load_manifest(manifest)
+    mix = replace(mix, datasets=tuple(replace(spec, eval_path=spec.path) for spec in mix.datasets))
+    held = HeldOutBatches(find_held_out(mix), tokenizer=load_tokenizer(mix.tokenizer), seed=mix.seed,
+                          max_length=scenario["max_length"], batch_size=scenario["batch_size"],
+                          max_target_tokens=target_tokens)
+    evaluator = Evaluator(held, TorchDistributed(), autocast_dtype=autocast)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    cold = evaluator(model, 0)
+    warm = evaluator(model, 0)
+    _sync(device)
+    return dict(tokens=warm["tokens"], seconds=warm["seconds"], tokens_per_s=warm["tokens_per_s"],
+                cold_tokens_per_s=cold["tokens_per_s"], peak_gib=peak_gib(device), loss=warm["loss"])
+
 
 
 def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):

@@ -17,7 +17,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 {
   echo "python: $(python -c 'import sys; print(sys.version.split()[0])'), fm9g from $PWD"
-  if ! python -c "import jsonschema, tensorboardX" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  if ! python -c "import jsonschema, tensorboardX, yaml" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     echo "installing carried wheels (--no-deps): $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')"
     python -m pip install --no-deps --no-index --quiet .whl/*.whl || echo "warning: installing carried wheels failed"
   fi
