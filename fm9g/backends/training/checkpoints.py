@@ -211,22 +211,24 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def latest_checkpoint(save_dir: str | Path, skipped: list[str] | None = None) -> Path | None:
+def latest_checkpoint(save_dir: str | Path, skipped: list[str] | None = None, *,
+                      resumable: bool = False) -> Path | None:
     """The complete, intact checkpoint with the highest step under ``save_dir`` (``None`` if there is
-    none); each newer one passed over for being incomplete or corrupt is described in ``skipped``."""
+    none); each newer one passed over for being incomplete or corrupt (or, with ``resumable``,
+    without optimizer state) is described in ``skipped``."""
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return None
-    candidates = sorted(
-        (int(match.group(1)), path) for path in save_dir.iterdir()
-        if path.is_dir() and (match := _STEP_DIR.match(path.name))
-    )
-    for _, path in reversed(candidates):
+    for path in reversed(_step_dirs(save_dir)):
         try:
-            read_manifest(path)
+            manifest = read_manifest(path)
         except Fm9gError as error:
             if skipped is not None:
                 skipped.append(str(error))
+            continue
+        if resumable and manifest.get("optimizer") == "dropped":
+            if skipped is not None:
+                skipped.append(f"{path}: its optimizer state was dropped (save_optimizer: latest)")
             continue
         return path
     return None
@@ -245,26 +247,85 @@ def remove_stale_temporaries(save_dir: str | Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def prune_checkpoints(save_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints; return the deleted directories.
+def checkpoint_metric(manifest: dict[str, Any], metric: str) -> float | None:
+    """A checkpoint's held-out ``metric`` (``loss``, ``weighted_loss`` or a task name: that task's
+    loss), or ``None`` when its step was not evaluated."""
+    evaluation = manifest.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return None
+    value = evaluation.get(metric) if metric in ("loss", "weighted_loss") else \
+        (evaluation.get("tasks", {}).get(metric) or {}).get("loss")
+    return float(value) if isinstance(value, (int, float)) else None
 
-    The newest intact checkpoint (what ``--resume auto`` takes) is always kept, whatever its rank
-    among the step directories. Each one goes by a rename to a hidden name first, so a crash during
-    the deletion leaves either the whole checkpoint or a hidden leftover that the next run removes —
-    never a ``step-*`` directory missing files."""
+
+def _step_dirs(save_dir: Path) -> list[Path]:
+    """The ``step-*`` directories under ``save_dir``, by step."""
+    steps = {}
+    for path in save_dir.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir():
+            steps[int(match.group(1))] = path
+    return [steps[step] for step in sorted(steps)]
+
+
+def prune_checkpoints(save_dir: str | Path, keep: int, *, keep_best: int = 0, best_metric: str = "loss") -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints and the ``keep_best`` ones with the lowest
+    held-out ``best_metric``; return the deleted directories.
+
+    The newest intact checkpoint that can resume (what ``--resume auto`` takes) is always kept,
+    whatever its rank among the step directories. Each one goes by a rename to a hidden name first,
+    so a crash during the deletion leaves either the whole checkpoint or a hidden leftover that the
+    next run removes — never a ``step-*`` directory missing files."""
     save_dir = Path(save_dir)
-    steps = sorted((int(match.group(1)), path) for path in save_dir.iterdir()
-                   if path.is_dir() and (match := _STEP_DIR.match(path.name)))
-    latest = latest_checkpoint(save_dir)
+    steps = _step_dirs(save_dir)
+    kept = set(steps[-keep:]) | {latest_checkpoint(save_dir, resumable=True)}
+    if keep_best:
+        scored = []
+        for path in steps:
+            try:
+                value = checkpoint_metric(read_manifest(path), best_metric)
+            except Fm9gError:
+                continue
+            if value is not None:
+                scored.append((value, path))
+        kept |= {path for _, path in sorted(scored)[:keep_best]}
     deleted = []
-    for _, path in steps[:-keep] if keep < len(steps) else []:
-        if path == latest:
+    for path in steps:
+        if path in kept:
             continue
         hidden = path.with_name(f"{_DELETING}{path.name}")
         os.rename(path, hidden)
         shutil.rmtree(hidden, ignore_errors=True)
         deleted.append(path)
     return deleted
+
+
+def drop_optimizer_state(save_dir: str | Path, *, keep: Path) -> list[Path]:
+    """Remove the optimizer state from every checkpoint under ``save_dir`` but ``keep`` (the newest);
+    return the checkpoints changed. They stay complete for ``fm9g eval``/``export`` and record
+    ``"optimizer": "dropped"``, which ``--resume`` refuses and ``--resume auto`` passes over. The
+    manifest is rewritten (atomically) before the files go, so a crash in between leaves only
+    unlisted files behind, never a manifest naming a missing file."""
+    changed = []
+    for path in _step_dirs(Path(save_dir)):
+        if path == keep:
+            continue
+        try:
+            manifest = read_manifest(path)
+        except Fm9gError:
+            continue
+        roles = [role for role in manifest.get("files", {}) if role.startswith("optimizer")]
+        if not roles:
+            continue
+        names = [manifest["files"].pop(role) for role in roles]
+        for name in names:
+            manifest.get("checksums", {}).pop(name, None)
+        manifest["optimizer"] = "dropped"
+        write_json_atomic(path / MANIFEST, manifest)
+        for name in names:
+            (path / name).unlink(missing_ok=True)
+        changed.append(path)
+    return changed
 
 
 def read_json_file(path: str | Path) -> Any:

@@ -157,6 +157,12 @@ def _resolved_config(file: SourceDocument | None, overrides: list[str], *, cwd: 
         raise ValidationFailed(source, ["$.model.seed_pt: needs model.preset (the shape to load it into)"])
     if document["model"].get("hf_path") and document["model"].get("preset"):
         raise ValidationFailed(source, ["$.model: give either preset or hf_path, not both"])
+    if document["keep_best"] and not document["eval_iters"]:
+        raise ValidationFailed(source, ["$.keep_best: ranks checkpoints by held-out loss, so it needs eval_iters"])
+    if document["keep_best"] and document["save_iters"] % max(document["eval_iters"], 1):
+        raise ValidationFailed(source, [f"$.keep_best: checkpoints every save_iters={document['save_iters']} steps are "
+                                        f"not all evaluated (eval_iters={document['eval_iters']}); make save_iters a "
+                                        f"multiple of eval_iters"])
     backend = get_plugin("backend", document["backend"], where=f"{source}: $.backend")
     document["backend_options"] = validate_options(backend, document["backend_options"],
                                                    where=f"{source}: $.backend_options")

@@ -34,7 +34,12 @@ class ResumePoint:
     def open(cls, directory: str | Path) -> ResumePoint:
         """The checkpoint at ``directory``; an incomplete or invalid one is a clear error."""
         directory = Path(directory)
-        return cls(directory, checkpoints.read_manifest(directory))
+        manifest = checkpoints.read_manifest(directory)
+        if manifest.get("optimizer") == "dropped":
+            raise Fm9gError("this checkpoint's optimizer state was dropped (save_optimizer: latest), so it cannot "
+                            "continue its run exactly", where=str(directory),
+                            fix="resume the run's newest checkpoint, or export this one and train from it (model.hf_path)")
+        return cls(directory, manifest)
 
     @classmethod
     def find(cls, resume: str | Path | None, save_dir: str | Path,
@@ -46,7 +51,7 @@ class ResumePoint:
             return None
         if str(resume) == "auto":
             skipped: list[str] = []
-            latest = checkpoints.latest_checkpoint(save_dir, skipped)
+            latest = checkpoints.latest_checkpoint(save_dir, skipped, resumable=True)
             for reason in skipped if warn is not None else ():
                 warn(f"skipping a checkpoint: {reason}")
             return cls.open(latest) if latest is not None else None

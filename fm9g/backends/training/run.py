@@ -145,7 +145,11 @@ class Checkpointer:
                                          weights="lora" if self.lora else "full", write_files=write_files,
                                          evaluation=evaluation)
             if self.config["save_total_limit"]:
-                checkpoints.prune_checkpoints(self.config["save"], self.config["save_total_limit"])
+                checkpoints.prune_checkpoints(self.config["save"], self.config["save_total_limit"],
+                                              keep_best=self.config["keep_best"], best_metric=self.config["best_metric"])
+            if self.config["save_optimizer"] == "latest":
+                checkpoints.drop_optimizer_state(self.config["save"],
+                                                 keep=Path(self.config["save"]) / checkpoints.step_dir_name(state.step))
         comm.barrier()
 
     def _write_weights(self, directory: Path, weights: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -166,6 +170,14 @@ def _check_adapter(path: Path, *, expected: int) -> None:
     if written != expected:
         raise Fm9gError(f"the adapter holds {written} of the {expected} LoRA tensors", where=str(path),
                         fix="report this: the delta engine did not recognise the wrapped model's LoRA modules")
+
+
+def _check_best_metric(metric: str, held_out: Any) -> None:
+    """``best_metric`` names a figure the evaluation produces: a total or an evaluated task."""
+    known = ["loss", "weighted_loss", *(held.spec.task_name for held in held_out.plan.sets)]
+    if metric not in known:
+        raise Fm9gError(f"best_metric '{metric}' is not a held-out figure of this run", where="train config: best_metric",
+                        fix=f"use one of: {', '.join(known)}")
 
 
 def train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy) -> dict[str, Any]:
@@ -208,6 +220,8 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
         task_names = list(stream.task_names)
         held_out = held_out_batches(config, tokenizer, manifest=getattr(stream, "manifest", None),
                                     task_names=list(stream.task_names)) if config["eval_iters"] else None
+        if config["keep_best"]:
+            _check_best_metric(config["best_metric"], held_out)
         if comm.is_main:
             context.output.print_header(
                 config=config, total_params=total_params, trainable_params=trainable_params,
