@@ -1,7 +1,8 @@
 """Per-step training logs: TensorBoard (tensorboardX, the seed's tags) and JSONL files beside it.
 
 Tags: ``Loss/train``, ``Loss/train/<task_name>``, ``Optimizer/lr``, ``Optimizer/scale``,
-``Optimizer/grad_norm``, ``Throughput/tokens_per_s``; held-out evaluations add ``Loss/eval``
+``Optimizer/grad_norm``, ``Throughput/tokens_per_s``, ``Mixture/weight/<task_name>`` (online
+reweighting: the weights each step's data was drawn with); held-out evaluations add ``Loss/eval``
 (token-weighted over tasks), ``Loss/eval_weighted`` (weighted by the mixture's weights),
 ``Perplexity/eval``, ``Loss/eval/<task_name>`` and ``Perplexity/eval/<task_name>``. The JSONL
 logs (``<save>/train_log.jsonl``, ``<save>/eval_log.jsonl``) hold one object per step or
@@ -54,6 +55,8 @@ class MetricsLog:
                    "Throughput/tokens_per_s": record["tokens_per_s"]}
         for name, value in record.get("task_loss", {}).items():
             scalars[f"Loss/train/{name}"] = value
+        for name, value in record.get("mixture_weights", {}).items():
+            scalars[f"Mixture/weight/{name}"] = value
         self._scalars(scalars, step)
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
