@@ -96,6 +96,18 @@ class Scheduler:
         self._shares = [(index, self.policies[index].weight / total_weight) for index in self._active]
         self._active_tokens = sum(self.progress[index].tokens for index in self._active)
 
+    def set_weights(self, weights: list[float]) -> None:
+        """New target shares for the datasets, from the next sample on (online reweighting).
+
+        The token counters that the deficit is measured on restart at 0, so the new shares hold
+        for what is drawn from now on rather than for the whole run; which datasets are active does
+        not change (one that left stays out, whatever its new weight)."""
+        for policy, weight in zip(self.policies, weights):
+            policy.weight = float(weight)
+        for state in self.progress:
+            state.tokens = 0
+        self._refresh_active()
+
     def active(self) -> list[int]:
         return list(self._active)
 

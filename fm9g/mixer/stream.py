@@ -165,7 +165,7 @@ class MixtureStream:
             }
         else:
             current_json = None
-        return {
+        state = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "next_batch": self._next_batch,
@@ -174,10 +174,14 @@ class MixtureStream:
             "batch_size": self.batch_size,
             "tokenizer": self.tokenizer.fingerprint,
             "mix": [[spec.task_name, spec.abs_weight] for spec in self.manifest.datasets],
-            "datasets": [state.as_json() for state in self.scheduler.progress],
+            "datasets": [progress.as_json() for progress in self.scheduler.progress],
             "current": current_json,
             "totals": dict(self.totals),
         }
+        weights = [[spec.task_name, policy.weight] for spec, policy in zip(self.manifest.datasets, self._policies)]
+        if weights != state["mix"]:  # changed during the run (online reweighting); absent otherwise
+            state["weights"] = weights
+        return state
 
     def _restore(self, state: dict[str, Any], progress: list[DatasetProgress]) -> list[DatasetProgress]:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -212,6 +216,10 @@ class MixtureStream:
             restored.append(old)
         if mix_changed:
             log.info("the mix changed since the saved state: weights apply afresh from batch %d", self._next_batch)
+        else:  # weights changed during the run (online reweighting) continue as they were
+            current = {name: weight for name, weight in state.get("weights", [])}
+            for spec, policy in zip(self.manifest.datasets, self._policies):
+                policy.weight = float(current.get(spec.task_name, policy.weight))
         return restored
 
     def _restore_current(self, current: dict[str, Any]) -> None:
@@ -334,6 +342,22 @@ class MixtureStream:
         left = ", ".join(f"'{state.task_name}' {state.left_reason or 'active'}" for state in self.scheduler.progress)
         return Fm9gError(f"the mixture has no batch (datasets: {left})", where=self.manifest.source,
                          fix="give the stream a sample budget of at least 1 and datasets with samples that fit max_length")
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Change the datasets' target shares from the next sample on (online reweighting); every
+        rank must call it at the same point of the stream (between optimizer steps). Each epoch's
+        row order is unchanged, so no row is repeated or skipped within an epoch; the new weights
+        are part of :meth:`state_dict`, and a resumed stream continues with them."""
+        missing = [spec.task_name for spec in self.manifest.datasets if spec.task_name not in weights]
+        if missing or any(not weight >= 0 for weight in weights.values()):
+            raise Fm9gError(f"new mixture weights must give every task a weight ≥ 0 (missing: {missing})",
+                            where="online mixing")
+        self.scheduler.set_weights([weights[spec.task_name] for spec in self.manifest.datasets])
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The target shares in effect (the manifest's, unless :meth:`set_weights` changed them)."""
+        return {spec.task_name: policy.weight for spec, policy in zip(self.manifest.datasets, self._policies)}
 
     @property
     def progress(self) -> list[DatasetProgress]:

@@ -21,7 +21,7 @@ from fm9g.core.plugins import get_plugin, validate_options
 from fm9g.core.schemas import NonFiniteNumber, load_schema, parse_json, schema_problems
 
 PATH_KEYS = (("data", "manifest"), ("data", "mixture"), ("eval", "manifest"), ("model", "hf_path"), ("model", "seed_pt"),
-             ("save",))
+             ("mixing", "online", "reference_log"), ("save",))
 _TOKENIZER_FILE_PREFIXES = ("hf", "sp", "sentencepiece")
 
 
@@ -163,6 +163,11 @@ def _resolved_config(file: SourceDocument | None, overrides: list[str], *, cwd: 
         raise ValidationFailed(source, [f"$.keep_best: checkpoints every save_iters={document['save_iters']} steps are "
                                         f"not all evaluated (eval_iters={document['eval_iters']}); make save_iters a "
                                         f"multiple of eval_iters"])
+    online = (document.get("mixing") or {}).get("online")
+    if online and online["method"] == "doremi" and (not document["eval_iters"] or online["every"] % document["eval_iters"]):
+        raise ValidationFailed(source, [f"$.mixing.online.every: doremi steps on held-out losses, so every "
+                                        f"({online['every']}) must be a multiple of eval_iters ({document['eval_iters']}, "
+                                        f"which must be > 0)"])
     backend = get_plugin("backend", document["backend"], where=f"{source}: $.backend")
     document["backend_options"] = validate_options(backend, document["backend_options"],
                                                    where=f"{source}: $.backend_options")

@@ -179,11 +179,13 @@ class LoopReport(Protocol):
 
 def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, settings: LoopSettings, *,
              schedule: Callable[[int], float], save: Callable[[TrainState], None], report: LoopReport,
-             evaluate: Callable[[int], dict[str, Any]] | None = None) -> TrainState:
+             evaluate: Callable[[int], dict[str, Any]] | None = None, mixing: Any = None) -> TrainState:
     """Train from ``state.step`` to ``settings.train_iters`` (or until the data runs out); return the state.
 
     ``evaluate(step)`` (held-out loss, a collective) runs every ``eval_iters`` steps and after the
-    last one, before that step's checkpoint, which records it."""
+    last one, before that step's checkpoint, which records it. ``mixing`` (online reweighting,
+    :class:`fm9g.backends.training.online_mixing.StreamReweighting`) sees each step's task losses
+    and that evaluation, and may change the stream's weights before the checkpoint."""
 
     def evaluate_now() -> None:
         state.evaluation = evaluate(state.step)
@@ -214,6 +216,8 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
                   "scale": result.scale, "tokens": result.tokens, "target_tokens": result.target_tokens,
                   "tokens_seen": state.tokens_seen, "tokens_per_s": result.tokens / max(elapsed, 1e-9),
                   "task_loss": result.task_loss, "batches": result.batches}
+        if mixing is not None:
+            record["mixture_weights"] = mixing.weights
         report.step(record, log=state.step % settings.log_iters == 0 or state.step == settings.train_iters)
         if result.skipped:
             nonfinite += 1
@@ -230,6 +234,8 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
                            f"grad_norm {result.grad_norm:.3f} {tasks}")
         if evaluating and (state.step % settings.eval_iters == 0 or state.step == settings.train_iters):
             evaluate_now()
+        if mixing is not None:
+            mixing.after_step(state.step, result.task_loss, state.evaluation)
         if settings.save_iters and state.step % settings.save_iters == 0:
             report.flush(state.step)  # the logs up to a checkpoint survive a crash after it
             save(state)

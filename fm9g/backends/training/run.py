@@ -26,9 +26,12 @@ from fm9g.backends.training.evaluate import Evaluator, held_out_batches
 from fm9g.backends.training.loop import LoopSettings, Optimization, Trainer, TrainState, run_loop
 from fm9g.backends.training.lr_schedule import Schedule, schedule_from_config
 from fm9g.backends.training.model import TrainingModel, build_training_model
+from fm9g.backends.training.online_mixing import STATE_FILE as MIXING_STATE
+from fm9g.backends.training.online_mixing import OnlineMixing, StreamReweighting
 from fm9g.backends.training.resume import ResumePoint
 from fm9g.backends.training.run_output import RunOutput, RunReport, SilentReport
 from fm9g.backends.models.build import parameter_counts
+from fm9g.core.atomic import write_json_atomic
 from fm9g.core.errors import Fm9gError
 
 
@@ -109,10 +112,11 @@ class Checkpointer:
     """Writes the run's checkpoints: every rank calls :meth:`save`, rank 0 assembles the directory."""
 
     def __init__(self, config: dict[str, Any], strategy: BackendStrategy, built: TrainingModel,
-                 model: torch.nn.Module, optimization: Optimization, stream: Any, schedule: Schedule):
+                 model: torch.nn.Module, optimization: Optimization, stream: Any, schedule: Schedule,
+                 mixing: OnlineMixing | None = None):
         self.config, self.strategy, self.built = config, strategy, built
         self.model, self.optimization, self.stream, self.schedule = model, optimization, stream, schedule
-        self.lora = config["delta"]
+        self.lora, self.mixing = config["delta"], mixing
 
     def save(self, state: TrainState) -> None:
         comm, strategy = self.strategy.collectives, self.strategy
@@ -137,6 +141,9 @@ class Checkpointer:
                     directory, optimizer=optimizer_state, rng={"ranks": rng_states, "seed": self.config["seed"]},
                     scheduler=self.schedule.state_dict(state.step), stream=stream_states[-1],
                     hf_config=self.built.hf_config, base_weights=self.built.base_weights))
+                if self.mixing is not None:
+                    write_json_atomic(directory / MIXING_STATE, self.mixing.state_dict())
+                    files["mixing"] = MIXING_STATE
                 return files
 
             evaluation = state.evaluation if (state.evaluation or {}).get("step") == state.step else None
@@ -170,6 +177,22 @@ def _check_adapter(path: Path, *, expected: int) -> None:
     if written != expected:
         raise Fm9gError(f"the adapter holds {written} of the {expected} LoRA tensors", where=str(path),
                         fix="report this: the delta engine did not recognise the wrapped model's LoRA modules")
+
+
+def _online_mixing(config: dict[str, Any], stream: Any, resume: ResumePoint | None) -> OnlineMixing | None:
+    """The run's online reweighting (``mixing.online``), at the resume point's state when resuming."""
+    options = (config.get("mixing") or {}).get("online")
+    if not options:
+        return None
+    if not callable(getattr(stream, "set_weights", None)):
+        raise Fm9gError("online mixing changes the weights the stream draws with, and a materialized mixture's "
+                        "batches are already drawn", where="train config: mixing.online",
+                        fix="train on the manifest (data.manifest) to mix online")
+    mixing = OnlineMixing(options, list(stream.task_names), stream.weights)
+    saved = resume.file("mixing") if resume is not None else None
+    if saved is not None:
+        mixing.load_state_dict(checkpoints.read_json_file(saved))
+    return mixing
 
 
 def _check_best_metric(metric: str, held_out: Any) -> None:
@@ -230,12 +253,19 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
                 held_out=held_out.plan.describe() if held_out else None)
             for note in description.notes:
                 context.message(f"note: {note}")
+            online = (config.get("mixing") or {}).get("online")
+            if online:
+                context.message(f"mixing: online ({online['method']}) every {online['every']} steps, step size "
+                                f"{online['step_size']}, smoothing {online['smoothing']}, shares in "
+                                f"[{online['min_share']}, {online['max_share']}]")
             report = RunReport(context.output, config["save"], train_iters=config["train_iters"],
                                resume_step=state.step, progress_seconds=config["progress_seconds"])
         trainer = Trainer(model, optimization, comm, task_names, config["clip_grad"], description.autocast)
-        checkpointer = Checkpointer(config, strategy, built, model, optimization, stream, schedule)
+        mixing = _online_mixing(config, stream, resume)
+        checkpointer = Checkpointer(config, strategy, built, model, optimization, stream, schedule, mixing)
         evaluator = Evaluator(held_out, comm, autocast_dtype=description.autocast) if held_out else None
         state = run_loop(trainer, stream, state, LoopSettings.from_config(config), schedule=schedule,
+                         mixing=StreamReweighting(mixing, stream) if mixing else None,
                          save=checkpointer.save, report=report,
                          evaluate=(lambda step: evaluator(model, step)) if evaluator else None)
     finally:
