@@ -37,6 +37,8 @@ from fm9g.mixer.transforms import bind_transform
 HELD_OUT_DIR = "test"
 """Where ``fm9g index`` puts the indexed test split inside the training index directory."""
 ROWS_PER_CHUNK = 256
+CACHE_BYTES = 1 << 30
+"""Held-out batches up to this size (1 GiB: about 60 M tokens) are built once per run and reused."""
 
 
 @dataclass(frozen=True)
@@ -148,15 +150,36 @@ class HeldOutBatches:
     set after the sample whose target tokens reach that many (the last sample is kept whole)."""
 
     def __init__(self, plan: HeldOutPlan, *, tokenizer: Tokenizer, max_length: int, batch_size: int, seed: int,
-                 max_target_tokens: int = 0, trust_scripts: bool = False, source: str = "eval"):
+                 max_target_tokens: int = 0, trust_scripts: bool = False, source: str = "eval",
+                 cache_bytes: int = CACHE_BYTES):
         self.plan, self.tokenizer = plan, tokenizer
         self.max_length, self.capacity = max_length, max_length * batch_size
         self.seed, self.max_target_tokens, self.source = seed, max_target_tokens, source
         self._transforms = [bind_transform(held.spec.transform, trust_scripts=trust_scripts,
                                            where=f"{source}: {held.spec.where}") for held in plan.sets]
         self.counts: dict[str, HeldOutCounts] = {}
+        self.cache_bytes, self._cache = cache_bytes, None
 
     def __iter__(self) -> Iterator[PackedBatch]:
+        """Every batch in order; the first complete pass is kept in memory when it fits
+        ``cache_bytes``, so later evaluations of the run skip reading and tokenizing."""
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list[PackedBatch] | None = []
+        size = 0
+        for batch in self._build():
+            if kept is not None:
+                size += sum(array.nbytes for array in (batch.input_ids, batch.targets, batch.position_ids,
+                                                       batch.task_ids, batch.cu_seqlens))
+                if size <= self.cache_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._cache = kept
+
+    def _build(self) -> Iterator[PackedBatch]:
         index = 0
         self.counts = {}
         for held, transform in zip(self.plan.sets, self._transforms):

@@ -115,9 +115,12 @@ def test_every_held_out_row_is_one_sample_in_row_order_and_a_second_pass_is_the_
     assert all(len({int(t) for t in b.task_ids if t >= 0}) == 1 for b in batches)  # each set starts a batch
     assert {name: c.as_json() for name, c in held.counts.items()} == {
         "a": {"rows": 9, "samples": 9, "skipped": {}}, "b": {"rows": 5, "samples": 5, "skipped": {}}}
-    again = list(held)
-    assert all(np.array_equal(x.input_ids, y.input_ids) and np.array_equal(x.targets, y.targets)
-               for x, y in zip(batches, again)) and len(again) == len(batches)
+    assert list(held) == batches and list(held)[0] is batches[0]  # the first pass is kept and reused
+    uncached, rebuilt = _batches(tasks, cache_bytes=0)
+    again = list(uncached)  # built afresh: the same batches
+    assert uncached._cache is None and len(again) == len(batches) == len(rebuilt)
+    assert all(np.array_equal(x.input_ids, y.input_ids) and np.array_equal(x.targets, y.targets) and
+               np.array_equal(x.position_ids, y.position_ids) for x, y in zip(batches, again))
 
 
 def test_eval_tokens_keeps_whole_samples_until_the_limit_and_long_samples_follow_the_oversize_rule(tasks):
