@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="field mapping for adapters with a 'map' option (jsonl), e.g. input=question,output=answer")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing output directory (only one that fm9g wrote)")
-    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="never show progress (no bar on a terminal, no plain lines in a log)")
 
 
 def parse_options(pairs: list[str], mapping: str | None) -> dict:

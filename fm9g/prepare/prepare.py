@@ -215,6 +215,8 @@ def _copy_in_order(staging: Path, offsets: array, order: np.ndarray | None, out:
 
 
 def _progress(enabled: bool | None):
-    from tqdm import tqdm
+    """tqdm's counter on a terminal (always with ``True``), a plain line now and then in a log, nothing with ``False``."""
+    from fm9g.core.progress import progress_bar
 
-    return tqdm(unit=" items", desc="prepare", disable=None if enabled is None else not enabled)
+    return progress_bar(total=None, unit=" items", desc="prepare", enabled=enabled is not False,
+                        bar=True if enabled else None)

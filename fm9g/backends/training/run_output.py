@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,6 +15,10 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from fm9g.backends.training.metrics import MetricsLog
+from fm9g.core.progress import progress_bar
+
+TRAIN_LINE = "step {n}/{total}: {raw_postfix} ETA {eta}"
+"""The plain progress line of a run without a terminal: ``step 120/1000: loss 2.3456 lr 0.0003 52,100 tokens/s ETA 01:02:03``."""
 
 
 def _versions() -> str:
@@ -50,11 +53,11 @@ class RunOutput:
         """A line for the user that does not break the progress bar."""
         tqdm.write(text, file=self.out)
 
-    def progress(self, *, total: int, initial: int = 0) -> Any:
-        """A tqdm bar over optimizer steps (shown on a terminal, or when ``show_progress`` is true)."""
-        show = self.show_progress if self.show_progress is not None else self.out.isatty()
-        return tqdm(total=total, initial=initial, desc="train", unit="step", file=self.out,
-                    disable=not show, dynamic_ncols=True)
+    def progress(self, *, total: int, initial: int = 0, seconds: float | None = None) -> Any:
+        """Progress over optimizer steps: tqdm's bar on a terminal (or when ``show_progress`` is true),
+        else a plain line at most every ``seconds`` and at the last step (:func:`progress_bar`)."""
+        return progress_bar(total=total, initial=initial, desc="train", unit="step", file=self.out,
+                            bar=self.show_progress, seconds=seconds, line_format=TRAIN_LINE, end_line=True)
 
     def print_header(self, *, config: dict[str, Any], total_params: int, trainable_params: int, device: str,
                      world_size: int, task_names: list[str], tokenizer: Any, resumed_from: Path | None,
@@ -113,29 +116,14 @@ class RunReport:
                  progress_seconds: float):
         self.output = output
         self.log = MetricsLog(save_dir, resume_step=resume_step)
-        self.bar = output.progress(total=train_iters, initial=resume_step)
-        self.train_iters, self.progress_seconds = train_iters, progress_seconds
-        self.started = self.last_line = time.monotonic()
-        self.first_step = resume_step
+        self.bar = output.progress(total=train_iters, initial=resume_step, seconds=progress_seconds)
 
     def step(self, record: dict[str, Any], *, log: bool) -> None:
         if log:
             self.log.log_step(record)
+        self.bar.set_postfix_str(f"loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                                 f"{record['tokens_per_s']:,.0f} tokens/s", refresh=False)
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}",
-                             tok_s=f"{record['tokens_per_s']:.0f}")
-        now = time.monotonic()
-        if self.bar.disable and (now - self.last_line >= self.progress_seconds or record["step"] == self.train_iters):
-            self.last_line = now
-            self.output.message(self._plain_line(record, now))
-
-    def _plain_line(self, record: dict[str, Any], now: float) -> str:
-        """The progress bar's content as one line, for logs that are not a terminal (nohup, Slurm)."""
-        done = record["step"] - self.first_step
-        remaining = (now - self.started) / done * (self.train_iters - record["step"]) if done else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} d"
-        return (f"step {record['step']}/{self.train_iters}: loss {record['loss']:.4f} lr {record['lr']:.3g} "
-                f"{record['tokens_per_s']:,.0f} tokens/s ETA {eta}")
 
     def message(self, text: str) -> None:
         self.output.message(text)
