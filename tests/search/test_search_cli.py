@@ -1,0 +1,126 @@
+"""``fm9g mix search`` end to end with real ``fm9g train`` proxy runs on a tiny mixture.
+
+One search runs uninterrupted; another is killed with SIGKILL while its second run trains and is
+rerun: it trains only the unfinished runs, leaves the finished ones' records untouched, and ends
+with the same runs, fit and proposal as the first (the draws follow the seed, the runs are
+deterministic). Both keep every share inside the bounds given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from backend_helpers import build_mixture, fm9g_command, run_fm9g, write_train_config
+
+RUNS = 4
+SEARCH_ARGS = ("--target", "chat:0.5,book:0.5", "--runs", str(RUNS), "--seed", "3", "--min-share", "book:0.2",
+               "--candidates", "2000")
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory) -> Path:
+    root = build_mixture(tmp_path_factory.mktemp("search"))
+    write_train_config(root, root / "mix.json", name="proxy.json", train_iters=3, save_iters=3, eval_iters=3)
+    return root
+
+
+def search(root: Path, output: str, *extra: str) -> subprocess.CompletedProcess:
+    return run_fm9g("mix", "search", "--manifest", "mix.json", "--proxy", "proxy.json", "--output", output,
+                    *SEARCH_ARGS, *extra, cwd=root, timeout=600)
+
+
+def report(root: Path, output: str) -> dict:
+    return json.loads((root / output / "search_report.json").read_text())
+
+
+def children_of(pid: int) -> list[int]:
+    listing = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(value) for value in listing.split()]
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_redoing_runs_and_ends_as_an_uninterrupted_one(mixture):
+    whole = search(mixture, "whole")
+    assert whole.returncode == 0, whole.stderr
+    expected = report(mixture, "whole")
+    assert expected["trained"] == [f"run-{i:03d}" for i in range(RUNS)] and expected["kept"] == []
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(fm9g_command("mix", "search", "--manifest", "mix.json", "--proxy", "proxy.json",
+                                            "--output", "killed", *SEARCH_ARGS),
+                               cwd=mixture, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = mixture / "killed" / "runs" / "run-000" / "result.json"
+    deadline = time.monotonic() + 240
+    while not (first.exists() and (mixture / "killed" / "runs" / "run-001" / "train.log").exists()):
+        assert process.poll() is None and time.monotonic() < deadline, "the search ended before it could be killed"
+        time.sleep(0.1)
+    trainers = children_of(process.pid)
+    assert trainers, "no fm9g train subprocess was running"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)
+    assert not any(Path(f"/proc/{pid}").exists() and "fm9g" in Path(f"/proc/{pid}/cmdline").read_text()
+                   for pid in trainers), "a proxy run outlived the search"
+    finished = sorted(path.parent.name for path in (mixture / "killed" / "runs").glob("*/result.json"))
+    assert "run-000" in finished and len(finished) < RUNS
+    before = {name: ((mixture / "killed" / "runs" / name / "result.json").stat().st_mtime_ns,
+                     (mixture / "killed" / "runs" / name / "result.json").read_text()) for name in finished}
+
+    resumed = search(mixture, "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} of {RUNS} runs finished earlier" in resumed.stderr
+    got = report(mixture, "killed")
+    assert got["kept"] == finished and not set(got["trained"]) & set(finished)
+    for name, (mtime, text) in before.items():
+        path = mixture / "killed" / "runs" / name / "result.json"
+        assert (path.stat().st_mtime_ns, path.read_text()) == (mtime, text)
+    assert [run["target"] for run in got["runs"]] == [run["target"] for run in expected["runs"]]
+    assert [run["weights"] for run in got["runs"]] == [run["weights"] for run in expected["runs"]]
+    assert got["proposal"]["weights"] == expected["proposal"]["weights"]
+    assert got["fit"]["spearman"] == expected["fit"]["spearman"]
+
+    for result in (expected, got):
+        shares = [run["weights"]["book"] for run in result["runs"]] + [result["proposal"]["weights"]["book"]]
+        assert min(shares) >= 0.2 - 1e-6
+    proposed = json.loads((mixture / "killed" / "mix.proposed.json").read_text())
+    assert [entry["abs_weight"] for entry in proposed["datasets"]] == [got["proposal"]["weights"][name]
+                                                                      for name in ("chat", "book")]
+    assert (mixture / "killed" / "search.png").stat().st_size > 10_000
+
+    again = search(mixture, "killed", "--seed", "4")
+    assert again.returncode == 2 and "other settings (seed differ)" in again.stderr
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--min-share", "chat:0.7,book:0.5"), "the minimum shares sum to 1.2, more than 1"),
+    (("--max-share", "chat:0.3,book:0.3"), "the largest shares the tasks may have sum to 0.6, less than 1"),
+    (("--target", "medical"), "unknown task 'medical'"),
+    (("--runs", "2"), "--runs must be at least 4"),
+], ids=["minimums", "maximums", "target", "runs"])
+def test_impossible_requests_are_refused_before_training(mixture, extra, message):
+    result = run_fm9g("mix", "search", "--manifest", "mix.json", "--proxy", "proxy.json", "--output", "refused",
+                      "--target", "chat", "--runs", "4", *extra, cwd=mixture)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (mixture / "refused" / "runs").exists()
+
+
+def test_a_dataset_that_may_not_repeat_bounds_its_share(mixture, tmp_path):
+    """book (allow_repeat false) holds ≈ 200 rows × 50 tokens: over a proxy of 400 × 2 × 128 tokens
+    it may have at most ≈ 10 %, so a --min-share of 0.5 is impossible and said why."""
+    document = json.loads((mixture / "mix.json").read_text())
+    document["datasets"][1]["allow_repeat"] = False
+    (mixture / "norepeat.json").write_text(json.dumps(document))
+    write_train_config(mixture, mixture / "norepeat.json", name="long.json", train_iters=400, save_iters=400)
+    result = run_fm9g("mix", "search", "--manifest", "norepeat.json", "--proxy", "long.json", "--output", "refused2",
+                      "--target", "chat", "--runs", "4", "--min-share", "book:0.5", cwd=mixture)
+    assert result.returncode == 2, result.stderr
+    assert "task 'book' needs a share of at least 0.5 but may have at most 0.0" in result.stderr
+    assert "allow_repeat false: 1 epoch" in result.stderr
