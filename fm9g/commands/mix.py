@@ -1,10 +1,11 @@
 """``fm9g mix --manifest mix.json``: plan, preview, run and report a mixture; optionally materialize it.
 
 Validates the manifest (every problem at once), resolves its plugins, prints the plan for the
-budget (``--tokens``, ``--train-iters`` or ``--samples``), runs the stream with a progress bar,
-prints the realized mixture and writes ``mix_report.json``. ``--output DIR`` writes the packed
+budget (``--tokens``, ``--train-iters`` or ``--samples``), runs the stream with a progress bar (plain
+lines in a log), prints the realized mixture and writes ``mix_report.json``. ``--output DIR`` writes the packed
 global stream for ``fm9g train`` (``data.mixture``), ``--preview N`` shows samples as the model
-sees them, ``--plot FILE.png`` draws realized against target shares.
+sees them, ``--plot FILE.png`` draws realized against target shares. ``fm9g mix search`` learns the
+weights from proxy runs (:mod:`fm9g.commands._mix_search`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="override the tokenizer spec: byte, hf:PATH, sp:PATH.model")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="tokenize ahead in N worker processes (the output does not depend on N)")
+    from fm9g.commands import _mix_search
+
+    modes = parser.add_subparsers(dest="mix_mode", metavar="MODE", title="modes (optional)")
+    search = modes.add_parser("search", help=_mix_search.HELP, description=_mix_search.HELP)
+    search.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    _mix_search.add_arguments(search)
+    search.set_defaults(run=_mix_search.run)
 
 
 def _train_settings(args: argparse.Namespace) -> dict:
@@ -127,10 +135,10 @@ def _log_departures() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from tqdm import tqdm
 
     from fm9g.core.atomic import write_json_atomic
     from fm9g.core.errors import Fm9gError
+    from fm9g.core.progress import progress_bar
     from fm9g.mixer.manifest import load_manifest
     from fm9g.mixer.materialized import MaterializedWriter
     from fm9g.mixer.plan import make_plan, print_plan
@@ -190,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
     total, unit = _progress_total(args)
     started = time.perf_counter()
     try:
-        with _log_departures(), tqdm(total=total, unit=f" {unit}", file=sys.stderr, disable=None,
-                                     dynamic_ncols=True, desc="mixing") as bar:
+        with _log_departures(), progress_bar(total=total, unit=f" {unit}", desc="mixing", file=sys.stderr) as bar:
             for batch in stream:
                 recorder.add(batch)
                 if writer is not None:
