@@ -1,6 +1,6 @@
 """``fm9g mix search`` end to end with real ``fm9g train`` proxy runs on a tiny mixture.
 
-One search runs uninterrupted; another is killed with SIGKILL while its second run trains and is
+One search runs uninterrupted (two proxies at a time); another (one at a time) is killed with SIGKILL while its second run trains and is
 rerun: it trains only the unfinished runs, leaves the finished ones' records untouched, and ends
 with the same runs, fit and proposal as the first (the draws follow the seed, the runs are
 deterministic). Both keep every share inside the bounds given.
@@ -46,7 +46,7 @@ def children_of(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_redoing_runs_and_ends_as_an_uninterrupted_one(mixture):
-    whole = search(mixture, "whole")
+    whole = search(mixture, "whole", "--parallel", "2")  # two at a time: the same runs as one at a time
     assert whole.returncode == 0, whole.stderr
     expected = report(mixture, "whole")
     assert expected["trained"] == [f"run-{i:03d}" for i in range(RUNS)] and expected["kept"] == []
