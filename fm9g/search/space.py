@@ -22,6 +22,7 @@ import numpy as np
 
 from fm9g.core.errors import Fm9gError
 from fm9g.mixer.manifest import Manifest
+from fm9g.mixer.plan import allowed_epochs
 
 DRAW_BLOCK = 1024
 MAX_DRAW_BLOCKS = 2000
@@ -76,12 +77,6 @@ class SearchSpace:
                 "upper_reasons": self.reasons}
 
 
-def _epochs(spec: Any) -> float:
-    if not spec.allow_repeat:
-        return 1.0
-    return float(spec.max_epochs) if spec.max_epochs else float("inf")
-
-
 def build_space(manifest: Manifest, tokens_per_epoch: list[float], budget_tokens: float, *,
                 min_shares: dict[str, float], max_shares: dict[str, float]) -> SearchSpace:
     """The bounds of each task's share; raise :class:`Fm9gError` when no weight vector meets them."""
@@ -95,7 +90,7 @@ def build_space(manifest: Manifest, tokens_per_epoch: list[float], budget_tokens
         limit, reason = 1.0, "none"
         if name in max_shares:
             limit, reason = max_shares[name], f"--max-share {max_shares[name]:g}"
-        epochs = _epochs(spec)
+        epochs = allowed_epochs(spec)
         if np.isfinite(epochs):
             fits = epochs * sizes[i] / budget_tokens if budget_tokens > 0 else 1.0
             if fits < limit:
