@@ -101,6 +101,8 @@ class Search:
         if self.proxy["data"].get("mixture"):
             raise Fm9gError("the proxy config trains a materialized mixture (data.mixture), whose weights are fixed",
                             where=f"{options.proxy}: data.mixture", fix="use data.manifest (or none: --manifest gives it)")
+        if options.trust_scripts:
+            self.proxy["trust_scripts"] = True  # the proxy runs load the manifest's transform scripts too
         names = self.manifest.task_names
         self.space = self._space(names)
         evaluated = [held.spec.task_name for held in find_held_out(self.manifest).sets]
@@ -116,7 +118,7 @@ class Search:
         proxy = self.proxy
         packing = self.manifest.with_overrides(max_length=proxy["max_length"], batch_size=proxy["batch_size"],
                                                tokenizer=proxy.get("tokenizer"))
-        stream = MixtureStream.from_manifest(packing, trust_scripts=self.options.trust_scripts or proxy["trust_scripts"])
+        stream = MixtureStream.from_manifest(packing, trust_scripts=proxy["trust_scripts"])
         try:
             sizes = [tokens_per_epoch(stream, index)["tokens"] for index in range(len(names))]
         finally:
