@@ -4,8 +4,9 @@ Every ``every`` steps the weights take one multiplicative step and are mixed wit
 distribution, then bounded to ``[min_share, max_share]``:
 
 * ``doremi`` (Xie et al., 2023): ``log w += step_size · max(held-out loss − reference loss, 0)`` per
-  task — weight moves to the tasks the model is furthest behind a reference run on (the held-out
-  losses of that step's evaluation; a task without a held-out set gets no excess);
+  task — weight moves to the tasks the model is furthest behind a reference model on (the held-out
+  losses of that step's evaluation against the reference run's final ones, or fixed reference
+  losses; a task without a held-out set gets no excess);
 * ``odm`` (online data mixing, Albalak et al., 2023): ``log w += step_size · mean training loss``
   of each task over the last ``every`` steps — a multiplicative-weights (Hedge/EXP3-style) rule
   that samples more of what is still hard. fm9g sees every task's loss every step, so the
@@ -66,15 +67,15 @@ class OnlineMixing:
         self.reference = self._reference() if self.method == "doremi" else None
         bounded_shares([1.0] * len(task_names), options["min_share"], options["max_share"])  # feasible at all
 
-    def _reference(self) -> Any:
-        """``step -> {task: loss}`` of the reference run (fixed losses, or a reference eval log)."""
+    def _reference(self) -> dict[str, float]:
+        """Each task's reference held-out loss: given, or the reference run's last evaluation."""
         if self.options.get("reference"):
             fixed = dict(self.options["reference"])
             unknown = sorted(set(fixed) - set(self.task_names))
             if unknown:
                 raise Fm9gError(f"reference losses for tasks not in the mixture: {', '.join(unknown)}",
                                 where="train config: mixing.online.reference", fix="name the mixture's tasks")
-            return lambda step: fixed
+            return fixed
         path = self.options.get("reference_log")
         if not path:
             raise Fm9gError("doremi needs the losses of a reference run", where="train config: mixing.online",
@@ -87,9 +88,7 @@ class OnlineMixing:
         if not records:
             raise Fm9gError("the reference run's eval log is empty", where=f"train config: mixing.online.reference_log {path}",
                             fix="train the reference run with eval_iters first")
-        by_step = {record["step"]: {name: task["loss"] for name, task in record["tasks"].items()
-                                    if task.get("loss") is not None} for record in records}
-        return lambda step: by_step.get(step, by_step[max(by_step)])
+        return {name: task["loss"] for name, task in records[-1]["tasks"].items() if task.get("loss") is not None}
 
     def observe(self, task_loss: dict[str, float]) -> None:
         """One step's per-task training losses (odm's reward)."""
@@ -106,7 +105,7 @@ class OnlineMixing:
             if evaluation is None or evaluation.get("step") != step:
                 raise Fm9gError(f"step {step}: doremi needs this step's held-out evaluation",
                                 where="train config: mixing.online.every", fix="make every a multiple of eval_iters")
-            reference = self.reference(step)
+            reference = self.reference
             signal = {name: max((task["loss"] or 0.0) - reference.get(name, task["loss"] or 0.0), 0.0)
                       for name, task in evaluation["tasks"].items()}
         else:
