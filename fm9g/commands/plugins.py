@@ -12,7 +12,7 @@ ORDER = 10
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--kind", choices=["adapter", "transform", "tokenizer", "backend", "delta_engine"])
+    parser.add_argument("--kind", choices=["adapter", "transform", "tokenizer", "backend", "delta_engine", "logger"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -70,3 +70,19 @@ def register_delta_engines(register: Register) -> None:
     :class:`fm9g.core.protocols.DeltaEngine`: it wraps a model with LoRA modules, marks only
     those trainable, and reads and writes their tensors.
     """
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment trackers selected by a train config's ``report_to`` (``tensorboard``,
+    ``mlflow`` and ``wandb`` are built in).
+
+    Call ``register(logger)`` once per tracker. A logger implements ``open(run, options)``: ``run``
+    is a :class:`fm9g.backends.training.trackers.TrackerRun` (save directory, run name, resolved train
+    config, mixture plan, resume step) and ``options`` the entry's validated options; it returns a
+    session with ``log_scalars(scalars, step)`` (every step's and evaluation's finite scalars, the
+    tags TensorBoard gets), ``flush(step)`` (before each checkpoint: make what was logged durable,
+    where the tracker can) and ``close()`` (once, also when training fails). Only rank 0 opens
+    trackers. A logger may list ``requires``, ``(module, fm9g extra)`` pairs, so that a missing
+    package is reported with its install command when the config is read.
+    """

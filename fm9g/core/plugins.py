@@ -28,6 +28,7 @@ KINDS = {
     "tokenizer": "register_tokenizers",
     "backend": "register_backends",
     "delta_engine": "register_delta_engines",
+    "logger": "register_loggers",
 }
 
 BUILTIN_MODULES = (
@@ -46,6 +47,9 @@ BUILTIN_MODULES = (
     "fm9g.backends.bmtrain_backend.plugin",
     "fm9g.backends.lora.peft_engine",
     "fm9g.backends.lora.opendelta_engine",
+    "fm9g.backends.training.trackers.tensorboard_tracker",
+    "fm9g.backends.training.trackers.mlflow_tracker",
+    "fm9g.backends.training.trackers.wandb_tracker",
 )
 """Modules holding fm9g's own hook implementations, registered like any installed plugin."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fm9g.backends.models.presets import PRESETS
+from fm9g.backends.training.trackers import resolve_report_to
 from fm9g.core.documents import SourceDocument, read_document
 from fm9g.core.errors import Fm9gError, UnknownName, ValidationFailed
 from fm9g.core.plugins import get_plugin, validate_options
@@ -171,6 +172,7 @@ def _resolved_config(file: SourceDocument | None, overrides: list[str], *, cwd: 
     backend = get_plugin("backend", document["backend"], where=f"{source}: $.backend")
     document["backend_options"] = validate_options(backend, document["backend_options"],
                                                    where=f"{source}: $.backend_options")
+    document["report_to"] = resolve_report_to(document["report_to"], where=f"{source}: $.report_to")
     return document
 
 

@@ -1,4 +1,4 @@
-"""Per-step training logs: TensorBoard (tensorboardX, the seed's tags) and JSONL files beside it.
+"""Per-step training logs: JSONL files, and the run's experiment trackers (TensorBoard by default).
 
 Tags: ``Loss/train``, ``Loss/train/<task_name>``, ``Optimizer/lr``, ``Optimizer/scale``,
 ``Optimizer/grad_norm``, ``Throughput/tokens_per_s``, ``Mixture/weight/<task_name>`` (online
@@ -8,6 +8,10 @@ reweighting: the weights each step's data was drawn with); held-out evaluations 
 logs (``<save>/train_log.jsonl``, ``<save>/eval_log.jsonl``) hold one object per step or
 evaluation with the same numbers. On resume from step N every log drops what a killed run wrote
 after step N, so the logs of a resumed run read like an uninterrupted one.
+
+The tags go to every tracker the train config's ``report_to`` selects (:mod:`.trackers`:
+``tensorboard`` — event files in ``<save>/tensorboard`` with the seed's tags —, ``mlflow``,
+``wandb`` or a plugin's), each getting the same finite values at the same steps.
 """
 
 from __future__ import annotations
@@ -15,37 +19,35 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from fm9g.backends.training.trackers import DEFAULT_REPORT_TO, TrackerRun, open_trackers
 from fm9g.core.atomic import write_text_atomic
 
 LOG_NAME = "train_log.jsonl"
 EVAL_LOG_NAME = "eval_log.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
     """The step records of a run (written by rank 0)."""
 
-    def __init__(self, save_dir: str | Path, *, resume_step: int = 0):
-        self.path = Path(save_dir) / LOG_NAME
+    def __init__(self, save_dir: str | Path, *, resume_step: int = 0, report_to: Any = DEFAULT_REPORT_TO,
+                 config: dict[str, Any] | None = None, mixture: dict[str, Any] | None = None):
+        """``report_to``: the train config's tracker entries; ``config`` and ``mixture`` (the resolved
+        train config and :func:`~fm9g.backends.training.trackers.mixture_plan`) are handed to them."""
+        save_dir = Path(save_dir)
+        self.path = save_dir / LOG_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.eval_path = Path(save_dir) / EVAL_LOG_NAME
+        self.eval_path = save_dir / EVAL_LOG_NAME
         for path in (self.path, self.eval_path):
             _truncate_jsonl(path, keep_through_step=resume_step)
-        self.tb_dir = Path(save_dir) / TENSORBOARD_DIR
-        # purge_step drops events a killed run logged after the checkpoint we resume from.
-        self.writer = self._open_writer(resume_step, purge_step=resume_step + 1 if resume_step else None)
+        run = TrackerRun(save_dir=save_dir.resolve(), name=save_dir.resolve().name, config=config or {},
+                         mixture=mixture or {}, resume_step=resume_step)
+        self.trackers = open_trackers(report_to, run)
         self.handle = open(self.path, "a", encoding="utf-8")
         self.eval_handle = open(self.eval_path, "a", encoding="utf-8")
-
-    def _open_writer(self, step: int, purge_step: int | None = None):
-        """A SummaryWriter whose event file name is unique to this process and step (files sort by step)."""
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter(logdir=str(self.tb_dir), purge_step=purge_step,
-                             filename_suffix=f".{step:010d}.{os.getpid()}")
 
     def log_step(self, record: dict[str, Any]) -> None:
         """``record``: step (1-based), loss, lr, grad_norm, scale, tokens, tokens_per_s, task_loss {name: loss}."""
@@ -75,26 +77,30 @@ class MetricsLog:
         self.eval_handle.flush()
 
     def _scalars(self, scalars: dict[str, float | None], step: int) -> None:
-        for tag, value in scalars.items():
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(tag, value, step)
+        finite = {tag: float(value) for tag, value in scalars.items() if value is not None and math.isfinite(value)}
+        for tracker in self.trackers:
+            tracker.log_scalars(finite, step)
 
     def flush(self, step: int) -> None:
-        """Make everything logged through ``step`` durable (called before each checkpoint).
-
-        tensorboardX writes events from a queue in a background thread and its ``flush`` does not
-        wait for that queue, so the writer is closed (which drains it) and a new event file opened.
-        """
-        self.writer.close()
-        self.writer = self._open_writer(step)
+        """Make everything logged through ``step`` durable (called before each checkpoint)."""
+        for tracker in self.trackers:
+            tracker.flush(step)
         for handle in (self.handle, self.eval_handle):
             handle.flush()
             os.fsync(handle.fileno())
 
     def close(self) -> None:
-        self.writer.close()
-        self.handle.close()
-        self.eval_handle.close()
+        """Close every tracker (each one, even when another fails) and the JSONL files."""
+        try:
+            for tracker in self.trackers:
+                try:
+                    tracker.close()
+                except Exception as error:  # noqa: BLE001 - one tracker's failure must not lose the others' runs
+                    print(f"fm9g train: warning: closing a tracker failed: {type(error).__name__}: {error}",
+                          file=sys.stderr)
+        finally:
+            self.handle.close()
+            self.eval_handle.close()
 
 
 def _truncate_jsonl(path: Path, *, keep_through_step: int) -> None:

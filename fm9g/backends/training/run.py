@@ -30,6 +30,7 @@ from fm9g.backends.training.online_mixing import STATE_FILE as MIXING_STATE
 from fm9g.backends.training.online_mixing import OnlineMixing, StreamReweighting
 from fm9g.backends.training.resume import ResumePoint
 from fm9g.backends.training.run_output import RunOutput, RunReport, SilentReport
+from fm9g.backends.training.trackers import mixture_plan
 from fm9g.backends.models.build import parameter_counts
 from fm9g.core.atomic import write_json_atomic
 from fm9g.core.errors import Fm9gError
@@ -259,7 +260,8 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
                                 f"{online['step_size']}, smoothing {online['smoothing']}, shares in "
                                 f"[{online['min_share']}, {online['max_share']}]")
             report = RunReport(context.output, config["save"], train_iters=config["train_iters"],
-                               resume_step=state.step, progress_seconds=config["progress_seconds"])
+                               resume_step=state.step, progress_seconds=config["progress_seconds"],
+                               config=config, mixture=mixture_plan(stream))
         trainer = Trainer(model, optimization, comm, task_names, config["clip_grad"], description.autocast)
         mixing = _online_mixing(config, stream, resume)
         checkpointer = Checkpointer(config, strategy, built, model, optimization, stream, schedule, mixing)

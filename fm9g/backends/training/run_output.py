@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from fm9g.backends.training.metrics import MetricsLog
+from fm9g.backends.training.trackers import DEFAULT_REPORT_TO
 from fm9g.core.progress import progress_bar
 
 TRAIN_LINE = "step {n}/{total}: {raw_postfix} ETA {eta}"
@@ -113,9 +114,12 @@ class RunReport:
     metrics log (TensorBoard + JSONL), the progress bar, messages. Closed however the run ends."""
 
     def __init__(self, output: RunOutput, save_dir: str | Path, *, train_iters: int, resume_step: int,
-                 progress_seconds: float):
+                 progress_seconds: float, config: dict[str, Any] | None = None,
+                 mixture: dict[str, Any] | None = None):
+        """``config`` (its ``report_to`` picks the trackers) and ``mixture`` go to the experiment trackers."""
         self.output = output
-        self.log = MetricsLog(save_dir, resume_step=resume_step)
+        report_to = (config or {}).get("report_to", DEFAULT_REPORT_TO)
+        self.log = MetricsLog(save_dir, resume_step=resume_step, report_to=report_to, config=config, mixture=mixture)
         self.bar = output.progress(total=train_iters, initial=resume_step, seconds=progress_seconds)
 
     def step(self, record: dict[str, Any], *, log: bool) -> None:
