@@ -26,6 +26,7 @@ import numpy as np
 
 from fm9g.core.atomic import OUTPUT_MARKER, atomic_directory, check_replaceable, write_json_atomic
 from fm9g.core.errors import Fm9gError
+from fm9g.core.sharding import line_end_after
 from fm9g.index.checksum import VERIFIED_FILE
 from fm9g.index.chunks import BOM, ChunkResult, ChunkTask, init_worker, process_chunk
 from fm9g.index.format import (
@@ -149,22 +150,6 @@ Piece = tuple[Path, int, int]
 
 def whole_files(files: Sequence[Path]) -> list[Piece]:
     return [(path, 0, path.stat().st_size) for path in files]
-
-
-def line_end_after(handle: Any, position: int, end: int) -> int:
-    """The offset just after the first newline at or after ``position - 1`` (``end`` when there is none
-    before it): a cut there never splits a line, and a cut at a line start stays where it is."""
-    if position <= 0:
-        return 0
-    handle.seek(position - 1)
-    while handle.tell() < end:
-        block = handle.read(1 << 16)
-        if not block:
-            break
-        newline = block.find(b"\n")
-        if newline >= 0:
-            return min(end, handle.tell() - len(block) + newline + 1)
-    return end
 
 
 def _plan(pieces: Sequence[Piece], chunk_bytes: int) -> Iterator[ChunkTask]:

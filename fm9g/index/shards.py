@@ -25,40 +25,31 @@ written by whichever task completes the last shard (or ``fm9g index --finalize D
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fm9g.core.atomic import OUTPUT_MARKER, TMP_MARK, PendingDirectory, check_replaceable, write_json_atomic
+from fm9g.core.atomic import PendingDirectory, write_json_atomic
 from fm9g.core.errors import Fm9gError
-from fm9g.index.builder import (BuildOptions, Piece, assemble, check_apart, expand_inputs, line_end_after, peek)
+from fm9g.core.sharding import (PLAN_FILE, RECORD_FILE, assign_pieces, check_count, digest, input_entries, listed,
+                                parse_shard, read_record, shard_name, with_shards)
+from fm9g.core.sharding import claim_directory as claim_planned
+from fm9g.core.sharding import read_plan as read_planned
+from fm9g.index.builder import BuildOptions, Piece, assemble, check_apart, expand_inputs, peek
 from fm9g.index.format import DATA_FILE, META_FILE
 from fm9g.index.meta import merge_tallies, meta_from_tallies
 
-PLAN_FILE = "shards.json"
-RECORD_FILE = "shard.json"
+__all__ = ["PLAN_FILE", "RECORD_FILE", "SHARDED_FORMAT", "parse_shard", "shard_name", "is_sharded", "plan_basis",
+           "make_plan", "read_plan", "claim_directory", "build_shard", "build_planned", "shard_record",
+           "missing_shards", "finalize_dataset", "first_bad_lines", "ShardOutcome"]
+
 SHARDED_FORMAT = "fm9g-sharded-index"
 SHARDED_VERSION = 1
 PATH_TOKENIZERS = ("hf", "sp", "sentencepiece")
-
-
-def shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` (I counted from 0, as ``$SLURM_ARRAY_TASK_ID`` of ``--array=0-(N-1)``) → ``(I, N)``."""
-    index, sep, count = text.partition("/")
-    if not (sep and index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
-        raise Fm9gError(f"--shard takes I/N with 0 <= I < N, got '{text}'", where="--shard",
-                        fix="e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with #SBATCH --array=0-(N-1)")
-    return int(index), int(count)
+WHAT = "sharded index"
 
 
 def is_sharded(directory: Path) -> bool:
@@ -79,115 +70,29 @@ def absolute_tokenizer(spec: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------------- the plan
 def plan_basis(files: Sequence[Path], count: int, options: BuildOptions) -> dict[str, Any]:
     """What a plan is a function of: the inputs (path, size, mtime), N and the options that change the output."""
-    if count < 1:
-        raise Fm9gError(f"the number of shards must be at least 1, got {count}", where="--shards")
+    check_count(count)
     return {
         "format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "count": count,
-        "inputs": [{"path": str(path.resolve()), "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-                   for path in files],
+        "inputs": input_entries(files),
         "options": {"tokenizer": absolute_tokenizer(options.tokenizer), "language": options.language,
                     "max_line_bytes": options.max_line_bytes},
     }
 
 
 def make_plan(files: Sequence[Path], basis: dict[str, Any]) -> dict[str, Any]:
-    """The deterministic assignment of the inputs' bytes to the basis's N shards (see the module docstring)."""
-    count = basis["count"]
-    sizes = [item["size"] for item in basis["inputs"]]
-    starts = [sum(sizes[:number]) for number in range(len(sizes) + 1)]
-    total = starts[-1]
-    cuts = [0]
-    for k in range(1, count):
-        target = max(k * total // count, cuts[-1])
-        number = min(bisect.bisect_right(starts, target) - 1, len(files) - 1)
-        with open(files[number], "rb") as handle:
-            local = line_end_after(handle, target - starts[number], sizes[number])
-        cuts.append(max(cuts[-1], starts[number] + local))
-    cuts.append(total)
-    shards = []
-    for k in range(count):
-        pieces = [[number, max(cuts[k], starts[number]) - starts[number], min(cuts[k + 1], starts[number + 1]) - starts[number]]
-                  for number in range(len(files)) if max(cuts[k], starts[number]) < min(cuts[k + 1], starts[number + 1])]
-        shards.append({"name": shard_name(k, count), "pieces": pieces, "bytes": cuts[k + 1] - cuts[k]})
-    plan = {**basis, "shards": shards}
-    plan["plan_id"] = _digest(plan)
-    return plan
-
-
-def _digest(document: Any) -> str:
-    return "blake2b:" + hashlib.blake2b(json.dumps(document, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _plan_difference(existing: dict[str, Any], plan: dict[str, Any]) -> str | None:
-    """What differs between a directory's plan and this task's, in words."""
-    if existing.get("count") != plan["count"]:
-        return f"it was planned for {existing.get('count')} shards and this task asks for {plan['count']}"
-    before = {item["path"]: item for item in existing.get("inputs", [])}
-    now = {item["path"]: item for item in plan["inputs"]}
-    for path in sorted(before.keys() | now.keys()):
-        if path not in now:
-            return f"its inputs include {path}, which this task does not name"
-        if path not in before:
-            return f"this task names an input it was not planned with: {path}"
-        if before[path] != now[path]:
-            return (f"the input {path} changed since it was planned (size {before[path]['size']} → {now[path]['size']}, "
-                    "or modified)")
-    for key, value in plan["options"].items():
-        if existing.get("options", {}).get(key) != value:
-            return f"it was planned with {key}={existing.get('options', {}).get(key)!r}, this task has {value!r}"
-    if existing.get("format_version") != plan["format_version"]:
-        return f"it was planned by another version of fm9g (sharded format {existing.get('format_version')})"
-    return None
+    """The deterministic assignment of the inputs' bytes to the basis's N shards (:mod:`fm9g.core.sharding`)."""
+    return with_shards(basis, assign_pieces(files, [item["size"] for item in basis["inputs"]], basis["count"]))
 
 
 def read_plan(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / PLAN_FILE
-    try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise Fm9gError(f"unreadable shard plan ({error})", where=str(path),
-                        fix="delete the directory and build the sharded index again") from None
-    if not isinstance(plan, dict) or plan.get("format") != SHARDED_FORMAT or not isinstance(plan.get("shards"), list):
-        raise Fm9gError("not a sharded index plan", where=str(path), fix="delete the directory and build it again")
-    return plan
+    return read_planned(directory, SHARDED_FORMAT, what=WHAT)
 
 
 def claim_directory(output: Path, files: list[Path], count: int, options: BuildOptions, *, force: bool) -> dict[str, Any]:
-    """The plan of ``output``: the one in its ``shards.json`` when it was made from the same basis (only
-    ``stat`` calls), else a new one written there (``output`` is created). ``force`` replaces a directory
-    fm9g wrote that holds another plan; without it another plan is an error saying what differs."""
-    basis = plan_basis(files, count, options)
-    if output.exists():
-        if not output.is_dir():
-            raise Fm9gError("output exists and is not a directory", where=str(output), fix="choose another --output")
-        if is_sharded(output):
-            existing = read_plan(output)
-            difference = _plan_difference(existing, basis)
-            if difference is None:
-                return existing
-            if not force:
-                raise Fm9gError(f"this sharded index holds another plan: {difference}",
-                                where=str(output), fix="rerun with the same inputs, --shards and options, or choose "
-                                "a new --output (or pass --force to a whole-dataset build to start over)")
-        elif not _being_claimed(output) and not force:
-            raise Fm9gError("output exists and is not a sharded index", where=str(output),
-                            fix="choose another --output (or --force to replace an index fm9g wrote)")
-        if not _being_claimed(output):
-            check_replaceable(output)
-            shutil.rmtree(output)
-    plan = make_plan(files, basis)
-    output.mkdir(parents=True, exist_ok=True)
-    marker = output / OUTPUT_MARKER
-    if not marker.exists():
-        marker.write_text("written by fm9g; --force may replace this directory\n", encoding="utf-8")
-    write_json_atomic(output / PLAN_FILE, plan)  # tasks starting at once write the same bytes
-    return plan
-
-
-def _being_claimed(output: Path) -> bool:
-    """Whether ``output`` is empty but for the marker and plan temps of tasks claiming it right now."""
-    return all(entry.name == OUTPUT_MARKER or entry.name.startswith(f".{PLAN_FILE}{TMP_MARK}")
-               for entry in output.iterdir())
+    """The plan of ``output`` (:func:`fm9g.core.sharding.claim_directory`): the one in its ``shards.json``
+    when it was made from the same basis (only ``stat`` calls), else a new one written there."""
+    return claim_planned(output, plan_basis(files, count, options), lambda basis: make_plan(files, basis),
+                         force=force, what=WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -204,15 +109,15 @@ class ShardOutcome:
 def shard_record(directory: Path, plan: dict[str, Any], index: int) -> dict[str, Any] | None:
     """The completion record of shard ``index`` when that shard is complete for ``plan``, else ``None``."""
     folder = directory / plan["shards"][index]["name"]
+    record = read_record(folder, plan, index)
+    if record is None:
+        return None
     try:
-        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         size = (folder / DATA_FILE).stat().st_size
     except (OSError, ValueError):
         return None
-    if (not isinstance(record, dict) or record.get("plan_id") != plan["plan_id"] or record.get("shard") != index
-            or not isinstance(meta, dict) or meta.get("data_checksum") != record.get("data_checksum")
-            or size != record.get("nbytes")):
+    if not isinstance(meta, dict) or meta.get("data_checksum") != record.get("data_checksum") or size != record.get("nbytes"):
         return None
     return record
 
@@ -286,8 +191,7 @@ def finalize_dataset(directory: str | os.PathLike[str]) -> dict[str, Any]:
     plan = read_plan(directory)
     missing = missing_shards(directory, plan)
     if missing:
-        listed = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
-        raise Fm9gError(f"{len(missing)} of {plan['count']} shards are not complete: {listed}", where=str(directory),
+        raise Fm9gError(f"{len(missing)} of {plan['count']} shards are not complete: {listed(missing)}", where=str(directory),
                         fix=f"run fm9g index --shard I/{plan['count']} (same --input and options) for each, then --finalize")
     records = [shard_record(directory, plan, index) for index in range(plan["count"])]
     fingerprints = {record["tokenizer_fingerprint"] for record in records}
@@ -308,7 +212,7 @@ def finalize_dataset(directory: str | os.PathLike[str]) -> dict[str, Any]:
         sources=[item["path"] for item in plan["inputs"]])
     del meta["data_checksum"]  # there is no single data.jsonl; each shard's checksum is listed instead
     meta.update({"sharded": {"format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "count": plan["count"],
-                             "plan_id": plan["plan_id"], "shards_checksum": _digest([s["data_checksum"] for s in shards])},
+                             "plan_id": plan["plan_id"], "shards_checksum": digest([s["data_checksum"] for s in shards])},
                  "shards": shards})
     write_json_atomic(directory / META_FILE, meta)
     return meta
