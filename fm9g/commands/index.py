@@ -51,11 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise Fm9gError("--workers must be at least 1", where="--workers")
-    if args.finalize:
-        return _finalize(args.finalize)
-    for flag, value in (("--input", args.input), ("--output", args.output)):
-        if not value:
-            raise Fm9gError(f"{flag} is required", where=flag, fix="fm9g index --input FILE --output DIR")
     options = BuildOptions(
         tokenizer=args.tokenizer,
         language=args.language,
@@ -66,11 +61,16 @@ def run(args: argparse.Namespace) -> int:
         max_line_bytes=int(args.max_line_mb * (1 << 20)),
         progress=False if args.no_progress else None,
     )
+    if args.finalize:
+        return _finalize(args.finalize, options)
+    for flag, value in (("--input", args.input), ("--output", args.output)):
+        if not value:
+            raise Fm9gError(f"{flag} is required", where=flag, fix="fm9g index --input FILE --output DIR")
     if args.shard or args.shards or args.executor != "local":
         return _run_sharded(args, options)
+    held_out = _prepared_test_split(args.input)
     summary = build_index(args.input, args.output, options)
     _report(summary)
-    held_out = _prepared_test_split(args.input)
     if held_out is not None:
         from pathlib import Path
 
@@ -83,13 +83,49 @@ def run(args: argparse.Namespace) -> int:
 
 def _prepared_test_split(inputs: list[str]):
     """The ``test.jsonl`` that ``fm9g prepare --split`` wrote beside the one ``train.jsonl`` indexed, if any:
-    ``fm9g train`` evaluates each task on the indexed test split inside its training index."""
+    ``fm9g train`` evaluates each task on the indexed test split inside its training index. A
+    ``train.jsonl`` of a sharded prepare whose merge has not written its report yet is refused."""
     from pathlib import Path
+
+    from fm9g.core.errors import Fm9gError
+    from fm9g.prepare.shards import is_sharded_prepare, merged_report
 
     if len(inputs) != 1 or Path(inputs[0]).name != "train.jsonl":
         return None
+    prepared = Path(inputs[0]).parent
+    if is_sharded_prepare(prepared) and merged_report(prepared) is None:
+        raise Fm9gError("this train.jsonl belongs to a sharded fm9g prepare that has not finished merging",
+                        where=str(prepared), fix=f"finish it first: fm9g prepare --finalize {prepared}")
     candidate = Path(inputs[0]).with_name("test.jsonl")
     return candidate if candidate.is_file() and candidate.with_name("prepare_report.json").is_file() else None
+
+
+def _index_test_split(inputs: list[str], output, options) -> None:
+    """Index the prepared test split (if any) as a plain index at ``<output>/test`` of a complete sharded
+    index, where ``fm9g train`` finds held-out data; skipped when already there (a rerun, or another
+    task completing a shard at the same moment)."""
+    from pathlib import Path
+
+    from fm9g.core.errors import Fm9gError
+    from fm9g.index.builder import build_index
+    from fm9g.index.reader import IndexedDataset
+    from fm9g.mixer.held_out import HELD_OUT_DIR
+
+    held_out = _prepared_test_split(inputs)
+    target = Path(output) / HELD_OUT_DIR
+    if held_out is None or not (Path(output) / "meta.json").is_file():
+        return
+    if (target / "meta.json").is_file():
+        print(f"held-out split: {target} already indexed")
+        return
+    print(f"held-out split: {held_out} beside the input (fm9g prepare --split); indexing it into {target}")
+    test_options = type(options)(**{**options.__dict__, "force": False})
+    try:
+        _report(build_index([held_out], target, test_options))
+    except Fm9gError:
+        if not (target / "meta.json").is_file():  # not another task's finished build of it
+            raise
+        IndexedDataset(target)
 
 
 def _report(summary) -> None:
@@ -119,6 +155,7 @@ def _run_sharded(args: argparse.Namespace, options) -> int:
 
     if args.shard and args.shards:
         raise Fm9gError("give --shard I/N (one task) or --shards N (all of them), not both", where="--shard")
+    _prepared_test_split(args.input)  # refuses the train.jsonl of an unfinished sharded prepare
     if args.shard:
         if args.executor != "local":
             raise Fm9gError("--executor ray runs every shard; it takes --shards N, not --shard", where="--executor",
@@ -136,6 +173,7 @@ def _run_sharded(args: argparse.Namespace, options) -> int:
             print(f"skipped lines: {reason} (first at {where})", file=sys.stderr)
         if (Path(args.output) / "meta.json").is_file():
             _summarize_sharded(Path(args.output), first_bad_lines(Path(args.output)))
+            _index_test_split(args.input, args.output, options)
         return 0
     if args.shards is None:
         raise Fm9gError("--executor ray needs --shards N", where="--executor", fix="add --shards N (N >= the cluster's CPUs)")
@@ -143,16 +181,21 @@ def _run_sharded(args: argparse.Namespace, options) -> int:
     built = sum(outcome.built for outcome in outcomes)
     print(f"{built} of {len(outcomes)} shards built ({len(outcomes) - built} were already complete) by {args.executor}")
     _summarize_sharded(Path(args.output), first_bad_lines(Path(args.output)))
+    _index_test_split(args.input, args.output, options)
     return 0
 
 
-def _finalize(directory: str) -> int:
+def _finalize(directory: str, options) -> int:
     from pathlib import Path
 
-    from fm9g.index.shards import finalize_dataset, first_bad_lines
+    from fm9g.index.shards import finalize_dataset, first_bad_lines, read_plan
 
     finalize_dataset(directory)
     _summarize_sharded(Path(directory), first_bad_lines(Path(directory)))
+    plan = read_plan(Path(directory))
+    test_options = type(options)(**{**options.__dict__, "tokenizer": plan["options"]["tokenizer"],
+                                    "language": plan["options"]["language"]})
+    _index_test_split([item["path"] for item in plan["inputs"]], directory, test_options)
     return 0
 
 

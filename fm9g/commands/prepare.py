@@ -12,9 +12,9 @@ ORDER = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", "-a", required=True, help="adapter plugin (see: fm9g plugins --kind adapter)")
-    parser.add_argument("--input", "-i", required=True, metavar="FILE", help="raw file: text, JSON array/object or JSONL")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+    parser.add_argument("--adapter", "-a", help="adapter plugin (see: fm9g plugins --kind adapter; required)")
+    parser.add_argument("--input", "-i", metavar="FILE", help="raw file: text, JSON array/object or JSONL (required)")
+    parser.add_argument("--output", "-o", metavar="DIR",
                         help="new (or empty) directory for train.jsonl, test.jsonl and prepare_report.json, "
                              "written together")
     parser.add_argument("--split", metavar="test=F",
@@ -28,6 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace an existing output directory (only one that fm9g wrote)")
     parser.add_argument("--no-progress", action="store_true",
                         help="never show progress (no bar on a terminal, no plain lines in a log)")
+    sharding = parser.add_argument_group(
+        "sharded prepare (N tasks over byte ranges of a text or JSON Lines input; a JSON array goes whole to one)")
+    sharding.add_argument("--shard", metavar="I/N",
+                          help="prepare only shard I (0 <= I < N) of N: one task of a job array, e.g. "
+                               "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; the task completing the last "
+                               "shard merges train.jsonl/test.jsonl, equal to one process's")
+    sharding.add_argument("--shards", type=int, metavar="N", help="prepare all N shards, then merge")
+    sharding.add_argument("--executor", choices=["local", "ray"], default="local",
+                          help="where --shards runs its tasks: one after another here (local), or as Ray tasks "
+                               "(ray; needs pip install 'fm9g[ray]' and a file system every node sees)")
+    sharding.add_argument("--address", metavar="ADDR",
+                          help="the Ray cluster for --executor ray (auto: the running one; default: $RAY_ADDRESS, "
+                               "else a local cluster for this run)")
+    sharding.add_argument("--finalize", metavar="DIR",
+                          help="merge the sharded prepare DIR once all its shards are complete (else say which are missing)")
 
 
 def parse_options(pairs: list[str], mapping: str | None) -> dict:
@@ -55,18 +70,80 @@ def parse_options(pairs: list[str], mapping: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fm9g.core.errors import Fm9gError
     from fm9g.prepare.prepare import parse_split, prepare
 
+    if args.finalize:
+        from fm9g.prepare.shards import finalize_prepare
+
+        _summarize(finalize_prepare(args.finalize), args.finalize)
+        return 0
+    for flag, value in (("--adapter", args.adapter), ("--input", args.input), ("--output", args.output)):
+        if not value:
+            raise Fm9gError(f"{flag} is required", where=flag, fix="fm9g prepare --adapter NAME --input FILE --output DIR")
     test_size = parse_split(args.split) if args.split else None
+    if args.shard or args.shards or args.executor != "local":
+        return _run_sharded(args, test_size)
     result = prepare(args.input, args.output, args.adapter, parse_options(args.option, args.map),
                      test_size=test_size, seed=args.seed, force=args.force,
                      progress=False if args.no_progress else None)
+    _summarize(result, args.output)
+    return 0
+
+
+def _run_sharded(args: argparse.Namespace, test_size) -> int:
+    from fm9g.core.errors import Fm9gError
+    from fm9g.core.sharding import parse_shard
+    from fm9g.prepare.shards import PrepareJob, prepare_all, prepare_shard
+
+    if args.shard and args.shards:
+        raise Fm9gError("give --shard I/N (one task) or --shards N (all of them), not both", where="--shard")
+    progress = False if args.no_progress else None
+    if args.shard:
+        if args.executor != "local":
+            raise Fm9gError("--executor ray runs every shard; it takes --shards N, not --shard", where="--executor",
+                            fix=f"fm9g prepare ... --shards {args.shard.partition('/')[2] or 'N'} --executor ray")
+        if args.force:
+            raise Fm9gError("--force with --shard would delete the other tasks' shards", where="--force",
+                            fix="delete the output directory once before starting the tasks (or pass --force to --shards N)")
+        index, count = parse_shard(args.shard)
+    elif args.shards is None:
+        raise Fm9gError("--executor ray needs --shards N", where="--executor", fix="add --shards N (N >= the cluster's CPUs)")
+    else:
+        index, count = None, args.shards
+    job = PrepareJob(args.input, args.output, args.adapter, parse_options(args.option, args.map), test_size,
+                     args.seed, count)
+    if index is None:
+        outcomes, result = prepare_all(job, executor=args.executor, address=args.address, force=args.force,
+                                       progress=progress)
+        built = sum(outcome.built for outcome in outcomes)
+        print(f"{built} of {len(outcomes)} shards prepared ({len(outcomes) - built} were already complete) "
+              f"by {args.executor}")
+        _summarize(result, args.output)
+        return 0
+    outcome = prepare_shard(job, index, progress=progress)
+    done = "prepared" if outcome.built else "already complete, skipped"
+    print(f"shard {index}/{count} ({outcome.name}): {done}: {outcome.items:,} items in {outcome.seconds:.1f} s")
+    if outcome.merge is not None:
+        _summarize(outcome.merge, args.output)
+    else:
+        from pathlib import Path
+
+        from fm9g.prepare.prepare import PrepareResult
+        from fm9g.prepare.shards import merged_report
+
+        report = merged_report(Path(args.output))
+        if report is not None:
+            _summarize(PrepareResult(report), args.output)
+    return 0
+
+
+def _summarize(result, output: str) -> None:
     report = result.report
     split = report["split"]
     where = ", ".join(f"{split[name]:,} {name}" for name in ("train", "test")) if split else f"{report['kept']:,} train"
     print(f"prepared {report['kept']:,} of {report['items']:,} items with adapter {report['adapter']} "
-          f"into {args.output} ({where})")
+          f"into {output} ({where})")
     for reason, count in report["dropped"].items():
         first = result.first_dropped.get(reason)
         print(f"dropped {count:,}: {reason}" + (f" (first: {first})" if first else ""), file=sys.stderr)
-    return 0

@@ -28,6 +28,7 @@ import math
 import os
 from array import array
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -91,44 +92,63 @@ def prepare(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[st
     """Convert one raw file into records; see the module docstring for the split and the output."""
     source = Path(input_path)
     output = Path(output_dir)
+    info, options = resolve_adapter(adapter_name, options)
+    check_input(source)
+    _check_output(source, output, force)
+    with atomic_directory(output, replace=output.exists()) as temp:
+        reader = iter_text_lines(source) if info.obj.input_kind == "text" else iter_json(source)
+        staged = stage(reader, info.obj, options, temp / STAGING_FILE, progress)
+        check_kept(source, info.obj.name, staged.items, staged.records, staged.dropped)
+        kept, outputs = write_splits(temp, [staged.path], np.frombuffer(staged.offsets, dtype=np.int64),
+                                     np.array([0, staged.items], dtype=np.int64), test_size, seed)
+        staged.path.unlink()
+        report = make_report(str(source), info, options, staged.items, kept, staged.dropped, test_size, seed, outputs)
+        write_json_atomic(temp / REPORT_FILE, report)
+    first = {reason: describe_item(str(source), where) for reason, where in staged.first_dropped.items()}
+    return PrepareResult(report, first)
+
+
+def resolve_adapter(adapter_name: str, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """The adapter's registry entry and its options, validated against its schema."""
     info = registry().info("adapter", adapter_name, where="--adapter")
-    adapter = info.obj
-    options = validate_options(adapter, options, where="adapter options")
+    return info, validate_options(info.obj, options, where="adapter options")
+
+
+def check_input(source: Path) -> None:
     if not source.is_file():
         raise Fm9gError("input file not found" if not source.exists() else "input is not a file", where=str(source),
                         fix="check the --input path")
     check_not_compressed(source)
-    _check_output(source, output, force)
-    with atomic_directory(output, replace=output.exists()) as temp:
-        staging = temp / STAGING_FILE
-        dropped: Counter = Counter()
-        first_dropped: dict[str, str] = {}
-        n, records, offsets = _stage(source, adapter, options, staging, dropped, first_dropped, progress)
-        if n == 0 and not dropped:
-            raise Fm9gError("the input holds no items", where=str(source), fix="check that it is the right file")
-        if records == 0:
-            raise no_records_error(source, adapter.name, sum(dropped.values()), dropped)
-        outputs = {TRAIN_FILE: None}
-        if test_size:
-            train, test = split_indices(n, test_size, seed)
-            outputs = {TRAIN_FILE: train, TEST_FILE: test}
-        kept = {name.split(".")[0]: _write_in_order(staging, offsets, order, temp / name)
-                for name, order in outputs.items()}
-        staging.unlink()
-        report = {
-            "input": str(source),
-            "adapter": adapter.name,
-            "adapter_distribution": f"{info.distribution} {info.version}",
-            "options": options,
-            "items": n,
-            "kept": sum(kept.values()),
-            "dropped": dict(sorted(dropped.items())),
-            "split": {"test_size": test_size, "seed": seed, **kept} if test_size else None,
-            "outputs": sorted(outputs),
-            "fm9g_version": __version__,
-        }
-        write_json_atomic(temp / REPORT_FILE, report)
-    return PrepareResult(report, first_dropped)
+
+
+def check_kept(source: Path, adapter_name: str, items: int, records: int, dropped: Counter) -> None:
+    """Refuse a run that read no item, or kept no record (naming the adapters that fit the data)."""
+    if items == 0 and not dropped:
+        raise Fm9gError("the input holds no items", where=str(source), fix="check that it is the right file")
+    if records == 0:
+        raise no_records_error(source, adapter_name, sum(dropped.values()), dropped)
+
+
+def make_report(source: str, info: Any, options: dict[str, Any], items: int, kept: dict[str, int], dropped: Counter,
+                test_size: float | int | None, seed: int, outputs: Sequence[str]) -> dict[str, Any]:
+    return {
+        "input": source,
+        "adapter": info.obj.name,
+        "adapter_distribution": f"{info.distribution} {info.version}",
+        "options": options,
+        "items": items,
+        "kept": sum(kept.values()),
+        "dropped": dict(sorted(dropped.items())),
+        "split": {"test_size": test_size, "seed": seed, **kept} if test_size else None,
+        "outputs": sorted(outputs),
+        "fm9g_version": __version__,
+    }
+
+
+def describe_item(source: str, where: tuple[str, int]) -> str:
+    """``("line", 12)`` → ``FILE:12`` (a line the reader could not read); ``("item", 3)`` → ``FILE item 3``."""
+    kind, number = where
+    return f"{source}:{number}" if kind == "line" else f"{source} item {number}"
 
 
 def _check_output(source: Path, output: Path, force: bool) -> None:
@@ -147,14 +167,30 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
     check_replaceable(output, option="--force" if force else "--output")
 
 
-def _stage(source: Path, adapter: Any, options: dict[str, Any], staging: Path, dropped: Counter,
-           first_dropped: dict[str, str], progress: bool | None) -> tuple[int, int, array]:
-    """Run the adapter over the input into ``staging``, one line per raw item (an empty line for a
-    dropped one); return (items, records kept, line offsets). Drops are counted in ``dropped``."""
+@dataclass
+class Staged:
+    """Adapter results staged in ``path``: one line per raw item (an empty line for a dropped one)."""
+
+    path: Path
+    items: int
+    records: int
+    offsets: array
+    """``items + 1`` line offsets into ``path``."""
+    dropped: Counter
+    first_dropped: dict[str, tuple[str, int]]
+    """Per drop reason, the first: ``("line", number)`` of an unreadable line, ``("item", number)`` of an item."""
+
+
+def stage(reader: Iterable[Any], adapter: Any, options: dict[str, Any], staging: Path,
+          progress: bool | None) -> Staged:
+    """Run the adapter over the raw items of ``reader`` into ``staging`` (unreadable lines are counted
+    as drops and left out: they are no item)."""
     offsets = array("q", [0])
     records = 0
-    items = _items(source, adapter.input_kind, dropped, first_dropped)
-    with open(staging, "wb") as stage, _progress(progress) as bar:
+    dropped: Counter = Counter()
+    first: dict[str, tuple[str, int]] = {}
+    items = _items(reader, dropped, first)
+    with open(staging, "wb") as out, _progress(progress) as bar:
         position = 0
         for number, result in enumerate(adapter.records(items, options)):
             line = b"\n"
@@ -166,51 +202,77 @@ def _stage(source: Path, adapter: Any, options: dict[str, Any], staging: Path, d
                     result = Skipped("lone_surrogate")
             if isinstance(result, Skipped):
                 dropped[result.reason] += 1
-                first_dropped.setdefault(result.reason, f"{source} item {number + 1}")
-            stage.write(line)
+                first.setdefault(result.reason, ("item", number + 1))
+            out.write(line)
             position += len(line)
             offsets.append(position)
             bar.update(1)
-    return len(offsets) - 1, records, offsets
+        out.flush()
+        os.fsync(out.fileno())
+    return Staged(staging, len(offsets) - 1, records, offsets, dropped, first)
 
 
-def _items(source: Path, kind: str, dropped: Counter, first_dropped: dict[str, str]):
-    """The raw items for the adapter; unreadable lines are counted in ``dropped`` and left out."""
-    reader = iter_text_lines(source) if kind == "text" else iter_json(source)
+def _items(reader: Iterable[Any], dropped: Counter, first: dict[str, tuple[str, int]]) -> Iterator[Any]:
     for item in reader:
         if isinstance(item, ReadFailure):
             dropped[item.reason] += 1
-            first_dropped.setdefault(item.reason, item.where)
+            first.setdefault(item.reason, ("line", item.line))
             continue
         yield item
 
 
-def _write_in_order(staging: Path, offsets: array, order: np.ndarray | None, target: Path) -> int:
-    """Write staged records (all in file order, or those of ``order`` in that order) to ``target``,
-    flushed to disk before the directory is published; count them."""
-    with open(target, "wb") as out:
-        written = _copy_in_order(staging, offsets, order, out)
-        out.flush()
-        os.fsync(out.fileno())
-    return written
+def write_splits(directory: Path, stagings: Sequence[Path], offsets: np.ndarray, item_starts: np.ndarray,
+                 test_size: float | int | None, seed: int) -> tuple[dict[str, int], list[str]]:
+    """Write ``train.jsonl`` (and ``test.jsonl`` with a test size) into ``directory`` from staging
+    files that hold the raw items in order: file ``k`` items ``item_starts[k]`` to ``item_starts[k+1]``,
+    its line offsets at ``offsets[item_starts[k] + k:][:items + 1]`` (each file's offsets, one after
+    another). Return the records written per split and the file names."""
+    n = int(item_starts[-1])
+    orders: dict[str, np.ndarray | None] = {TRAIN_FILE: None}
+    if test_size:
+        train, test = split_indices(n, test_size, seed)
+        orders = {TRAIN_FILE: train, TEST_FILE: test}
+    kept = {}
+    for name, order in orders.items():
+        with open(directory / name, "wb") as out:
+            kept[name.split(".")[0]] = _copy_in_order(stagings, offsets, item_starts, order, out)
+            out.flush()
+            os.fsync(out.fileno())
+    return kept, list(orders)
 
 
-def _copy_in_order(staging: Path, offsets: array, order: np.ndarray | None, out: IO[bytes]) -> int:
+GATHER_BLOCK = 1 << 20
+"""Items whose places are looked up at once while writing a split (8 MB of int64 per array)."""
+
+
+def _copy_in_order(stagings: Sequence[Path], offsets: np.ndarray, item_starts: np.ndarray,
+                   order: np.ndarray | None, out: IO[bytes]) -> int:
+    """Copy the staged records of every item (in order), or of those of ``order`` in that order; count them."""
     written = 0
-    with open(staging, "rb") as stage:
-        if order is None:
-            for line in stage:
-                if line != b"\n":
-                    out.write(line)
-                    written += 1
-            return written
-        descriptor = stage.fileno()
-        for index in order.tolist():
-            start = offsets[index]
-            line = os.pread(descriptor, offsets[index + 1] - start, start)
-            if line != b"\n":
-                out.write(line)
-                written += 1
+    if order is None:
+        for staging in stagings:
+            with open(staging, "rb") as stage_file:
+                for line in stage_file:
+                    if line != b"\n":
+                        out.write(line)
+                        written += 1
+        return written
+    descriptors = [os.open(staging, os.O_RDONLY) for staging in stagings]
+    try:
+        pread = os.pread
+        for begin in range(0, len(order), GATHER_BLOCK):
+            block = order[begin:begin + GATHER_BLOCK]
+            files = np.searchsorted(item_starts, block, side="right") - 1
+            places = block + files  # each file's offsets carry one extra entry, its end
+            starts = offsets[places]
+            sizes = offsets[places + 1] - starts
+            keep = sizes > 1  # a dropped item is staged as an empty line
+            for file, start, size in zip(files[keep].tolist(), starts[keep].tolist(), sizes[keep].tolist()):
+                out.write(pread(descriptors[file], size, start))
+            written += int(keep.sum())
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
     return written
 
 

@@ -31,6 +31,8 @@ class ReadFailure:
     reason: str
     where: str
     detail: str = ""
+    line: int = 0
+    """The line's number (from 1) in the byte range read, which is the file's number for a whole file."""
 
 
 def detect_layout(path: Path) -> str:
@@ -148,7 +150,7 @@ def iter_json(path: Path, *, max_value_bytes: int = 256 << 20) -> Iterator[Any |
     if layout == "empty":
         return
     if layout == "lines":
-        yield from _iter_lines_json(path)
+        yield from iter_json_lines(path)
         return
     decoder = json.JSONDecoder()
     with open(path, "rb") as handle:
@@ -186,31 +188,42 @@ def _iter_array(window: _Window, decoder: json.JSONDecoder) -> Iterator[Any]:
                         fix="a file holds one array, one object, or one JSON value per line")
 
 
-def _iter_lines_json(path: Path) -> Iterator[Any | ReadFailure]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1:
-                raw = raw.removeprefix(BOM)
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except UnicodeDecodeError:
-                yield ReadFailure("invalid_utf8", f"{path}:{number}")
-            except json.JSONDecodeError as error:
-                yield ReadFailure("invalid_json", f"{path}:{number}", error.msg)
+def iter_json_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[Any | ReadFailure]:
+    """The JSON value of every non-blank line of JSON Lines in the byte range ``[start, end)`` (whole
+    lines: ``start`` at a line start, ``end`` after a newline or at the end of the file); a line
+    that is not JSON or not UTF-8 becomes a :class:`ReadFailure` numbered within the range."""
+    for number, raw in _numbered_lines(path, start, end):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except UnicodeDecodeError:
+            yield ReadFailure("invalid_utf8", f"{path}:{number}", line=number)
+        except json.JSONDecodeError as error:
+            yield ReadFailure("invalid_json", f"{path}:{number}", error.msg, line=number)
 
 
-def iter_text_lines(path: Path) -> Iterator[str | ReadFailure]:
-    """Lines of a text file without their line endings (``\\n`` or ``\\r\\n``); a line that is not
-    UTF-8 becomes a :class:`ReadFailure`."""
+def iter_text_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str | ReadFailure]:
+    """Lines of a text file (or of its byte range ``[start, end)`` of whole lines) without their line
+    endings (``\\n`` or ``\\r\\n``); a line that is not UTF-8 becomes a :class:`ReadFailure`."""
+    for number, raw in _numbered_lines(path, start, end):
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield ReadFailure("invalid_utf8", f"{path}:{number}", line=number)
+
+
+def _numbered_lines(path: Path, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """``(number from 1, raw line)`` of the byte range; the file's BOM is dropped from its first line."""
     with open(path, "rb") as handle:
+        handle.seek(start)
+        position = start
         for number, raw in enumerate(handle, start=1):
-            if number == 1:
+            if end is not None and position >= end:
+                return
+            position += len(raw)
+            if position - len(raw) == 0:
                 raw = raw.removeprefix(BOM)
-            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield ReadFailure("invalid_utf8", f"{path}:{number}")
+            yield number, raw
