@@ -9,7 +9,8 @@ Usage::
 Data: make_corpus's pretrain paragraphs, alpaca_zh and medical_o1 records, each split 80/20 (at least 4 rows held out) into
 a training index (``idx/NAME``) and its held-out test split (``idx/NAME/test``, where fm9g train
 finds it), tokenized with the corpus's BPE; a manifest of equal weights (ChatML for the two
-instruction sets). The target is the mean held-out loss of the two instruction sets
+instruction sets, which may make at most one epoch: ``--budget-tokens`` checks that at the full
+run's size, where the small instruction sets would otherwise repeat). The target is the mean held-out loss of the two instruction sets
 (``alpaca:0.5,medical:0.5``): pretrain is related text whose best share is not obvious.
 
 Steps: ``fm9g mix search`` (real ``fm9g train`` proxies: tiny-llama, ``--proxy-steps``), a
@@ -78,9 +79,10 @@ def prepare_data(work: Path, scale: str) -> Path:
     manifest = {"tokenizer": tokenizer, "seed": 1, "max_length": 256, "batch_size": 4, "datasets": [
         {"task_name": "pretrain", "path": "idx/pretrain", "abs_weight": 1.0, "transform": "identity",
          "oversize_rule": "segment"},
-        {"task_name": "alpaca", "path": "idx/alpaca", "abs_weight": 1.0, "transform": "chatml", "oversize_rule": "head"},
+        {"task_name": "alpaca", "path": "idx/alpaca", "abs_weight": 1.0, "transform": "chatml", "oversize_rule": "head",
+         "max_epochs": 1},
         {"task_name": "medical", "path": "idx/medical", "abs_weight": 1.0, "transform": "chatml",
-         "oversize_rule": "head"}]}
+         "oversize_rule": "head", "max_epochs": 1}]}
     (work / "mix.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return work / "mix.json"
 
@@ -111,7 +113,10 @@ def full_run(work: Path, name: str, shares: dict[str, float], steps: int) -> dic
 
     manifest = load_manifest(work / "mix.json")
     path = work / f"full-{name}.mix.json"
-    path.write_text(json.dumps(manifest_document(manifest, shares), indent=1), encoding="utf-8")
+    document = manifest_document(manifest, shares)
+    for entry in document["datasets"]:  # every mixture trains as given, repeating data where its weights ask for it
+        entry.pop("max_epochs", None)
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
     shutil.rmtree(work / f"full-{name}", ignore_errors=True)
     fm9g("train", "--config", str(train_config(work, f"full-{name}", path, steps)), cwd=work)
     record = [json.loads(line) for line in (work / f"full-{name}" / "run" / "eval_log.jsonl").read_text().splitlines()][-1]
@@ -137,7 +142,8 @@ def main() -> int:
     manifest = prepare_data(work, args.scale)
     train_config(work, "proxy", manifest, args.proxy_steps)
     fm9g("mix", "search", "--manifest", str(manifest), "--proxy", "proxy.json", "--target", TARGET, "--runs",
-         str(args.runs), "--parallel", str(args.parallel), "--output", "search", "--confirm", cwd=work)
+         str(args.runs), "--parallel", str(args.parallel), "--output", "search", "--confirm",
+         "--budget-tokens", str(args.full_steps * 4 * 256), cwd=work)
     report = json.loads((work / "search" / "search_report.json").read_text())
 
     from fm9g.search import regression

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "suits hundreds)")
     parser.add_argument("--candidates", type=int, default=100_000, metavar="N",
                         help="candidate mixtures the fit scores to find the proposal (default 100,000)")
+    parser.add_argument("--budget-tokens", type=int, metavar="N",
+                        help="check max_epochs/allow_repeat against N tokens (the full run's) instead of the proxy's "
+                             "train_iters × grad_accum × batch_size × max_length")
     parser.add_argument("--confirm", action="store_true",
                         help="train one more proxy on the proposal: predicted vs measured loss in the report")
     parser.add_argument("--output-manifest", metavar="FILE", help="the proposed manifest (default DIR/mix.proposed.json)")
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         manifest=Path(args.manifest), proxy=Path(args.proxy), target=args.target, runs=args.runs,
         output=Path(args.output), seed=args.seed, concentration=args.concentration, min_share=args.min_share,
         max_share=args.max_share, parallel=args.parallel, regressor=args.regressor, confirm=args.confirm,
-        candidates=args.candidates, output_manifest=Path(args.output_manifest) if args.output_manifest else None,
+        candidates=args.candidates, budget_tokens=args.budget_tokens,
+        output_manifest=Path(args.output_manifest) if args.output_manifest else None,
         plot=Path(args.plot) if args.plot else None, trust_scripts=args.trust_scripts, force=args.force)
 
     def say(line: str) -> None:
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     search = Search(options, say=say)
     say(f"{args.runs} proxy runs of {args.proxy} over {len(search.space.task_names)} tasks; target {args.target}; "
-        f"proxy budget {search.space.budget_tokens:,.0f} tokens; output {args.output}")
+        f"epoch limits over {search.space.budget_tokens:,.0f} tokens; output {args.output}")
     report = search.run()
     _print_report(report, console)
     console.print(f"report: {Path(args.output) / 'search_report.json'}; plot: {report['plot']}; "

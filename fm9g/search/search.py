@@ -58,6 +58,8 @@ class SearchOptions:
     regressor: str = "loglinear"
     confirm: bool = False
     candidates: int = 100_000
+    budget_tokens: int | None = None
+    """The tokens the epoch limits are checked against (default: the proxy's budget)."""
     output_manifest: Path | None = None
     plot: Path | None = None
     trust_scripts: bool = False
@@ -94,6 +96,8 @@ class Search:
             raise Fm9gError(f"--runs must be at least {regression.MIN_RUNS} (a fit and its cross-validation need "
                             f"them), got {options.runs}", where="--runs")
         regression.check_available(options.regressor)
+        if options.budget_tokens is not None and options.budget_tokens < 1:
+            raise Fm9gError(f"--budget-tokens must be at least 1, got {options.budget_tokens}", where="--budget-tokens")
         if options.parallel < 1:
             raise Fm9gError(f"--parallel must be at least 1, got {options.parallel}", where="--parallel")
         self.manifest: Manifest = load_manifest(options.manifest)
@@ -112,7 +116,8 @@ class Search:
                          "manifest_digest": _digest(manifest_document(self.manifest, weights)),
                          "proxy": str(Path(options.proxy).resolve()), "proxy_digest": _digest(self.proxy),
                          "target": options.target, "seed": options.seed, "concentration": options.concentration,
-                         "min_share": options.min_share, "max_share": options.max_share}
+                         "min_share": options.min_share, "max_share": options.max_share,
+                         "budget_tokens": options.budget_tokens}
 
     def _space(self, names: list[str]) -> SearchSpace:
         proxy = self.proxy
@@ -123,7 +128,8 @@ class Search:
             sizes = [tokens_per_epoch(stream, index)["tokens"] for index in range(len(names))]
         finally:
             stream.close()
-        budget = float(proxy["train_iters"] * proxy["grad_accum"] * proxy["batch_size"] * proxy["max_length"])
+        budget = float(self.options.budget_tokens or
+                       proxy["train_iters"] * proxy["grad_accum"] * proxy["batch_size"] * proxy["max_length"])
         return build_space(self.manifest, sizes, budget,
                            min_shares=parse_task_values(self.options.min_share, names, option="--min-share"),
                            max_shares=parse_task_values(self.options.max_share, names, option="--max-share"))

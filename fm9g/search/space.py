@@ -1,7 +1,8 @@
 """The shares a search may try, and its seeded draws of weight vectors.
 
 A task's share is bounded below by its ``--min-share`` and above by its ``--max-share`` and by the
-epochs its dataset may make over the proxy's token budget: with ``allow_repeat: false`` one epoch,
+epochs its dataset may make over the token budget (the proxy's, or ``--budget-tokens``: the full
+run's, so that the proposal keeps its datasets within their epochs at the size it will be used): with ``allow_repeat: false`` one epoch,
 with ``max_epochs: E`` E epochs, so a share s is feasible only if s × budget ≤ E × tokens per
 epoch (tokens per epoch estimated as ``fm9g mix``'s plan does, through the task's transform). Every
 bound is a box constraint on the simplex, so the feasible set is convex: a mean of feasible
@@ -95,7 +96,7 @@ def build_space(manifest: Manifest, tokens_per_epoch: list[float], budget_tokens
             fits = epochs * sizes[i] / budget_tokens if budget_tokens > 0 else 1.0
             if fits < limit:
                 rule = "allow_repeat false: 1 epoch" if not spec.allow_repeat else f"max_epochs {spec.max_epochs}"
-                limit, reason = fits, (f"{rule} × {sizes[i]:,.0f} tokens an epoch over the proxy's "
+                limit, reason = fits, (f"{rule} × {sizes[i]:,.0f} tokens an epoch over a budget of "
                                        f"{budget_tokens:,.0f} tokens")
         upper[i] = limit
         reasons.append(reason)

@@ -124,3 +124,17 @@ def test_a_dataset_that_may_not_repeat_bounds_its_share(mixture, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "task 'book' needs a share of at least 0.5 but may have at most 0.0" in result.stderr
     assert "allow_repeat false: 1 epoch" in result.stderr
+
+
+def test_the_epoch_limits_can_be_checked_at_the_full_runs_budget(mixture):
+    """--budget-tokens: book (allow_repeat false, ≈ 10,000 tokens) may not exceed ≈ 1 % of a
+    1,000,000-token full run, although the 3-step proxy (768 tokens) would allow it any share."""
+    document = json.loads((mixture / "mix.json").read_text())
+    document["datasets"][1]["allow_repeat"] = False
+    (mixture / "norepeat_full.json").write_text(json.dumps(document))
+    result = run_fm9g("mix", "search", "--manifest", "norepeat_full.json", "--proxy", "proxy.json", "--output",
+                      "refused3", "--target", "chat", "--runs", "4", "--min-share", "book:0.05",
+                      "--budget-tokens", "1000000", cwd=mixture)
+    assert result.returncode == 2, result.stderr
+    assert "task 'book' needs a share of at least 0.05 but may have at most 0.01" in result.stderr
+    assert "over a budget of 1,000,000 tokens" in result.stderr
