@@ -52,3 +52,8 @@ def test_a_yaml_config_over_a_yaml_manifest_trains(mixture: Path, tmp_path: Path
     assert result.returncode == 0, result.stderr
     recorded = read_manifest(tmp_path / "run" / "step-00000002")["config"]
     assert recorded["lr"] == 2e-3 and recorded["data"]["manifest"] == str(tmp_path / "mix.yaml")
+
+
+def test_the_yaml_example_is_the_json_example() -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples"
+    assert load_train_config(examples / "train.yaml") == load_train_config(examples / "train.json")
