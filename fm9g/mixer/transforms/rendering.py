@@ -56,8 +56,11 @@ class ChatTemplate:
 
     def _render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool, tools: Any,
                 spans: bool = False) -> tuple[str, list[tuple[int, int]]]:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
+        try:
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError:
+            raise TemplateError("rendering chat templates needs transformers' render_jinja_template "
+                                "(pip install 'transformers>=4.51')") from None
         try:
             rendered, indices = render_jinja_template(
                 conversations=[messages], tools=tools, chat_template=self.source,
