@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from ray_helpers import local_cluster
 from shard_helpers import assert_same_rows, big_input, mixed_inputs, tree, wait_for_temp_data
 
 from fm9g.index.builder import BuildOptions, build_index
@@ -23,17 +24,7 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head and two worker nodes, one CPU each (separate raylets, object stores and workers)."""
-    from ray.cluster_utils import Cluster
-
-    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(2):
-        local.add_node(num_cpus=1)
-    local.wait_for_nodes()
-    yield local
-    local.shutdown()
+cluster = pytest.fixture(scope="module", name="cluster")(local_cluster)
 
 
 def _options(**changes) -> BuildOptions:
