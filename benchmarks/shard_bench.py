@@ -12,9 +12,15 @@ none. Each shard task indexes with one worker process (``--workers 1``), so P ta
   (its start-up is reported apart); per-task overhead = wall × P / N − the tasks' mean own time;
 * overhead: the same with ``--tiny-shards`` tasks of a 1 MB input, where the overhead dominates.
 
+``--read``: reading instead of building. The input indexed once whole and once as ``--shards`` shards;
+then the mixer's hot path (``read_records`` of 1000 random rows at a time) and ``fm9g mix``'s stream
+(``MixtureStream`` of a one-dataset manifest, ``--samples`` packed samples, in this process) over
+each, best of ``--repeats``.
+
 Usage::
 
     python benchmarks/shard_bench.py --work /tmp/shard_bench --processes 1,2 --shards 8 [--tokenizer hf:DIR]
+    python benchmarks/shard_bench.py --work /tmp/shard_bench --read --shards 16 [--tokenizer hf:DIR]
 """
 
 from __future__ import annotations
@@ -75,6 +81,63 @@ def run_ray(source: Path, output: Path, shards: int, tokenizer: str | None) -> t
     return time.perf_counter() - started, sum(outcome.seconds for outcome in outcomes) / len(outcomes)
 
 
+def read_speeds(source: Path, work: Path, shards: int, tokenizer: str | None, samples: int, repeats: int) -> list[dict]:
+    """Rows/s of ``read_records`` and samples/s and tokens/s of the mixture stream, one index vs sharded."""
+    import numpy as np
+
+    from fm9g.index.builder import BuildOptions, build_index
+    from fm9g.index.executors import build_all
+    from fm9g.mixer.sources import open_dataset, read_records
+    from fm9g.mixer.stream import MixtureStream
+
+    whole, sharded = work / "read-one", work / f"read-{shards}-shards"
+    for directory in (whole, sharded):
+        shutil.rmtree(directory, ignore_errors=True)
+    build_index([source], whole, BuildOptions(tokenizer=tokenizer, progress=False))
+    build_all([source], sharded, shards, BuildOptions(tokenizer=tokenizer, workers=1, progress=False))
+    rows = []
+    for name, directory in (("one index", whole), (f"{shards} shards", sharded)):
+        dataset = open_dataset(directory)
+        order = np.random.default_rng(0).permutation(len(dataset)).tolist()
+        best_read = min(_timed(lambda: [read_records(dataset, order[b:b + 1000]) for b in range(0, len(order), 1000)])
+                        for _ in range(repeats))
+        manifest = work / f"{directory.name}.json"
+        manifest.write_text(json.dumps({"max_length": 2048, "batch_size": 8, "tokenizer": tokenizer or "byte",
+                                        "seed": 1, "datasets": [{"task_name": "t", "path": str(directory),
+                                                                 "abs_weight": 1}]}))
+        streamed = [_stream(MixtureStream, manifest, samples) for _ in range(repeats)]
+        seconds, records, tokens = min(streamed)
+        rows.append({"dataset": name, "rows": len(order), "read_rows_per_s": len(order) / best_read,
+                     "samples": records, "stream_seconds": seconds, "samples_per_s": records / seconds,
+                     "tokens_per_s": tokens / seconds})
+        print(f"{name:>10}: read_records {len(order) / best_read:10,.0f} rows/s   mix stream {records / seconds:8,.0f} "
+              f"samples/s {tokens / seconds / 1e6:6.2f} M tokens/s", flush=True)
+    return rows
+
+
+def _timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def _stream(stream_class, manifest: Path, samples: int) -> tuple[float, int, int]:
+    """(seconds, records, tokens) for the first ``samples`` records packed by the manifest's stream (no workers)."""
+    from fm9g.mixer.report import MixRecorder
+
+    stream = stream_class.from_manifest(manifest, workers=0)
+    recorder = MixRecorder(stream.task_names, stream.tokenizer.bos_id)
+    started = time.perf_counter()
+    try:
+        for batch in stream:
+            recorder.add(batch)
+            if recorder.total_samples >= samples:
+                break
+    finally:
+        stream.close()
+    return time.perf_counter() - started, recorder.total_samples, recorder.total_tokens
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/shard_bench"))
@@ -85,8 +148,16 @@ def main() -> int:
     parser.add_argument("--tiny-shards", type=int, default=32)
     parser.add_argument("--processes", default=",".join(str(p) for p in (1, 2, 4, 8, 16) if p <= len(os.sched_getaffinity(0))))
     parser.add_argument("--results", type=Path)
+    parser.add_argument("--read", action="store_true", help="time reading one index vs the sharded one instead")
+    parser.add_argument("--samples", type=int, default=20_000, help="--read: packed samples of the mix stream")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     source = args.input or make_input(args.work / "input.jsonl", args.megabytes)
+    if args.read:
+        rows = read_speeds(source, args.work, args.shards, args.tokenizer, args.samples, args.repeats)
+        if args.results:
+            args.results.write_text(json.dumps(rows, indent=2))
+        return 0
     tiny = make_input(args.work / "tiny.jsonl", 1)
     megabytes = source.stat().st_size / 1e6
     rows = []

@@ -134,8 +134,15 @@ def read_records(dataset: Any, rows: list[int]) -> list[Any]:
     ``json``). A line orjson rejects or reads differently from ``json`` (NaN, a BOM, lone
     surrogates; integers beyond 64 bits, which orjson makes floats), or a short read, goes through
     the reader's own ``ds[i]``, which gives ``json``'s result or raises the reader's error for a
-    bad line or a truncated file. Readers without ``offsets``/``data_path`` get
-    ``read_many``."""
+    bad line or a truncated file. A sharded index's rows are read so, shard by shard
+    (``group_rows``); readers without ``offsets``/``data_path`` get ``read_many``."""
+    group_rows = getattr(dataset, "group_rows", None)
+    if group_rows is not None:  # a sharded index: each shard's rows through this path
+        gathered: list[Any] = [None] * len(rows)
+        for shard, places, local_rows in group_rows(rows):
+            for place, record in zip(places, read_records(shard, local_rows)):
+                gathered[place] = record
+        return gathered
     offsets, data_path = getattr(dataset, "offsets", None), getattr(dataset, "data_path", None)
     if offsets is None or data_path is None:
         return dataset.read_many(rows)

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from index_helpers import seed_read_all
 from shard_helpers import assert_same_rows, mixed_inputs, tree
@@ -14,6 +15,7 @@ from shard_helpers import assert_same_rows, mixed_inputs, tree
 from fm9g.core.errors import Fm9gError
 from fm9g.index.builder import BuildOptions, build_index
 from fm9g.index.executors import build_all
+from fm9g.index.reader import IndexedDataset
 from fm9g.index.sharded_reader import ShardedDataset, open_indexed
 from fm9g.index.shards import (PLAN_FILE, build_shard, finalize_dataset, make_plan, missing_shards, parse_shard,
                                plan_basis, read_plan)
@@ -209,3 +211,17 @@ def test_the_command_line_finalize_and_its_errors(tmp_path: Path, inputs: list[P
     assert f"in 2 shards under {output}" in capsys.readouterr().out
     assert main(["index", "--finalize", str(inputs[0].parent)]) != 0
     assert "not a sharded index" in capsys.readouterr().err
+
+
+def test_rows_grouped_by_shard_read_as_one_index_reads_them(tmp_path: Path, inputs: list[Path]) -> None:
+    from fm9g.mixer.sources import read_records
+
+    single = IndexedDataset(build_index(inputs, tmp_path / "one", _options(workers=2)).output)
+    build_all(inputs, tmp_path / "sharded", 5, _options())
+    sharded = ShardedDataset(tmp_path / "sharded")
+    rows = np.random.default_rng(3).integers(0, len(single), size=700).tolist() + [0, 0, len(single) - 1]
+    assert read_records(sharded, rows) == read_records(single, rows) == [single[row] for row in rows]
+    assert read_records(sharded, [-1, -len(single)]) == [single[len(single) - 1], single[0]]
+    assert read_records(sharded, []) == []
+    with pytest.raises(IndexError, match="out of range"):
+        sharded.group_rows([0, len(single)])
