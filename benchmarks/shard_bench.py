@@ -12,6 +12,9 @@ none. Each shard task indexes with one worker process (``--workers 1``), so P ta
   (its start-up is reported apart); per-task overhead = wall × P / N − the tasks' mean own time;
 * overhead: the same with ``--tiny-shards`` tasks of a 1 MB input, where the overhead dominates.
 
+``--prepare``: ``fm9g prepare`` instead: one process vs ``--shards`` ``--shard i/N`` processes P at a
+time (outputs checked equal), and the merge alone.
+
 ``--read``: reading instead of building. The input indexed once whole and once as ``--shards`` shards;
 then the mixer's hot path (``read_records`` of 1000 random rows at a time) and ``fm9g mix``'s stream
 (``MixtureStream`` of a one-dataset manifest, ``--samples`` packed samples, in this process) over
@@ -21,6 +24,7 @@ Usage::
 
     python benchmarks/shard_bench.py --work /tmp/shard_bench --processes 1,2 --shards 8 [--tokenizer hf:DIR]
     python benchmarks/shard_bench.py --work /tmp/shard_bench --read --shards 16 [--tokenizer hf:DIR]
+    python benchmarks/shard_bench.py --work /tmp/shard_bench --prepare --shards 4 --processes 1,2
 """
 
 from __future__ import annotations
@@ -49,17 +53,20 @@ def make_input(path: Path, megabytes: float) -> Path:
 
 
 def run_processes(source: Path, output: Path, shards: int, parallel: int, tokenizer: str | None) -> float:
-    shutil.rmtree(output, ignore_errors=True)
     extra = ["--tokenizer", tokenizer] if tokenizer else []
+    return run_tasks(lambda index: [sys.executable, "-m", "fm9g", "index", "--input", str(source), "--output",
+                                    str(output), "--shard", f"{index}/{shards}", "--workers", "1", "--no-progress",
+                                    *extra], output, shards, parallel)
+
+
+def run_tasks(command, output: Path, shards: int, parallel: int) -> float:
+    """Wall seconds of the ``shards`` processes ``command(index)``, at most ``parallel`` at once."""
+    shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
     waiting, running = list(range(shards)), []
     while waiting or running:
         while waiting and len(running) < parallel:
-            index = waiting.pop(0)
-            running.append(subprocess.Popen(
-                [sys.executable, "-m", "fm9g", "index", "--input", str(source), "--output", str(output),
-                 "--shard", f"{index}/{shards}", "--workers", "1", "--no-progress", *extra],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            running.append(subprocess.Popen(command(waiting.pop(0)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         for process in list(running):
             if process.poll() is not None:
                 running.remove(process)
@@ -67,6 +74,44 @@ def run_processes(source: Path, output: Path, shards: int, parallel: int, tokeni
                     raise SystemExit(process.stderr.read().decode())
         time.sleep(0.01)
     return time.perf_counter() - started
+
+
+def prepare_speeds(source: Path, work: Path, shards: int, processes: list[int]) -> list[dict]:
+    """``fm9g prepare --adapter jsonl --split test=0.05`` in one process, as ``shards`` ``--shard i/N``
+    processes ``P`` at a time (the last one merges), and the merge alone (``finalize_prepare`` of
+    shards built beforehand); the outputs are compared with the one-process ones."""
+    from fm9g.prepare.shards import PrepareJob, build_planned, claim, finalize_prepare
+
+    megabytes = source.stat().st_size / 1e6
+    base = [sys.executable, "-m", "fm9g", "prepare", "--adapter", "jsonl", "--input", str(source),
+            "--split", "test=0.05", "--no-progress"]
+    one = work / "prepare-one"
+    seconds = run_tasks(lambda _: [*base, "--output", str(one)], one, 1, 1)
+    rows = [{"prepare": "one process", "seconds": seconds, "mb_per_s": megabytes / seconds}]
+    print(f"prepare one process       {megabytes:,.0f} MB: {seconds:7.2f} s  {megabytes / seconds:7.1f} MB/s", flush=True)
+    sharded = work / "prepare-sharded"
+    for parallel in processes:
+        seconds = run_tasks(lambda index: [*base, "--output", str(sharded), "--shard", f"{index}/{shards}"],
+                            sharded, shards, parallel)
+        for name in ("train.jsonl", "test.jsonl"):
+            if (sharded / name).read_bytes() != (one / name).read_bytes():
+                raise SystemExit(f"the sharded {name} differs from the one-process one")
+        rows.append({"prepare": "shard processes", "parallel": parallel, "shards": shards, "seconds": seconds,
+                     "mb_per_s": megabytes / seconds})
+        print(f"prepare P={parallel:<3} {shards} shards of {megabytes:,.0f} MB: {seconds:7.2f} s  "
+              f"{megabytes / seconds:7.1f} MB/s (merge included; outputs equal one process's)", flush=True)
+    shutil.rmtree(sharded)
+    job = PrepareJob(str(source), str(sharded), "jsonl", {}, 0.05, 3014, shards)
+    plan = claim(job)
+    for index in range(shards):
+        build_planned(sharded, plan, index, False)
+    started = time.perf_counter()
+    finalize_prepare(sharded)
+    seconds = time.perf_counter() - started
+    rows.append({"prepare": "merge alone", "shards": shards, "seconds": seconds, "mb_per_s": megabytes / seconds})
+    print(f"prepare merge of {shards} shards ({megabytes:,.0f} MB): {seconds:7.2f} s  {megabytes / seconds:7.1f} MB/s",
+          flush=True)
+    return rows
 
 
 def run_ray(source: Path, output: Path, shards: int, tokenizer: str | None) -> tuple[float, float]:
@@ -149,12 +194,15 @@ def main() -> int:
     parser.add_argument("--processes", default=",".join(str(p) for p in (1, 2, 4, 8, 16) if p <= len(os.sched_getaffinity(0))))
     parser.add_argument("--results", type=Path)
     parser.add_argument("--read", action="store_true", help="time reading one index vs the sharded one instead")
+    parser.add_argument("--prepare", action="store_true",
+                        help="time fm9g prepare in one process vs --shards shard processes (and the merge) instead")
     parser.add_argument("--samples", type=int, default=20_000, help="--read: packed samples of the mix stream")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     source = args.input or make_input(args.work / "input.jsonl", args.megabytes)
-    if args.read:
-        rows = read_speeds(source, args.work, args.shards, args.tokenizer, args.samples, args.repeats)
+    if args.read or args.prepare:
+        rows = (read_speeds(source, args.work, args.shards, args.tokenizer, args.samples, args.repeats) if args.read
+                else prepare_speeds(source, args.work, args.shards, list(map(int, args.processes.split(",")))))
         if args.results:
             args.results.write_text(json.dumps(rows, indent=2))
         return 0
