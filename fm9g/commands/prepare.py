@@ -121,20 +121,21 @@ def _run_sharded(args: argparse.Namespace, test_size) -> int:
               f"by {args.executor}")
         _summarize(result, args.output)
         return 0
+    from pathlib import Path
+
+    from fm9g.prepare.prepare import PrepareResult
+    from fm9g.prepare.shards import merged_report
+
+    already_merged = merged_report(Path(args.output)) is not None
     outcome = prepare_shard(job, index, progress=progress)
-    done = "prepared" if outcome.built else "already complete, skipped"
-    print(f"shard {index}/{count} ({outcome.name}): {done}: {outcome.items:,} items in {outcome.seconds:.1f} s")
+    done = ("the prepare is already merged, skipped" if already_merged else
+            f"prepared: {outcome.items:,} items" if outcome.built else f"already complete, skipped: {outcome.items:,} items")
+    print(f"shard {index}/{count} ({outcome.name}): {done} in {outcome.seconds:.1f} s")
+    report = merged_report(Path(args.output))
     if outcome.merge is not None:
         _summarize(outcome.merge, args.output)
-    else:
-        from pathlib import Path
-
-        from fm9g.prepare.prepare import PrepareResult
-        from fm9g.prepare.shards import merged_report
-
-        report = merged_report(Path(args.output))
-        if report is not None:
-            _summarize(PrepareResult(report), args.output)
+    elif report is not None:
+        _summarize(PrepareResult(report), args.output)
     return 0
 
 
