@@ -156,7 +156,7 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
         _profile(step, trainer.optimization, groups[-1], device, "torch")
     if getattr(knobs, "manifest", None):
         result["eval"] = time_evaluation(model, knobs.manifest, scenario, device, autocast,
-                                         target_tokens=max(result["useful"] // 4, 1))
+                                         target_tokens=max(result["useful"], 1))
     del model, optimizer
     return result
 
