@@ -24,9 +24,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("adapter", sorted(CASES))
-@pytest.mark.parametrize("split", [None, 0.1, 37])
-@pytest.mark.parametrize("count", [1, 3, 8])
+@pytest.mark.parametrize("adapter,split,count", [
+    *((adapter, split, 3) for adapter in sorted(CASES) for split in (None, 0.1, 37)),
+    ("jsonl", 0.1, 1), ("jsonl", None, 8), ("txt", 37, 8), ("alpaca", 0.1, 8)])
 def test_a_sharded_prepare_equals_one_process(tmp_path: Path, adapter: str, split, count: int) -> None:
     make, name, options = CASES[adapter]
     source = make(tmp_path / name)
