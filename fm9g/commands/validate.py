@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         failed = failed or bool(problems)
         for problem in problems:
-            print(f"{path}: {problem}")
+            print(problem)
         if not problems:
             print(f"{path}: valid ({schema})")
             for note in script_notes(path) if schema == "mix" else ():
@@ -61,13 +61,23 @@ def script_notes(path: Path) -> list[str]:
 
 
 def check_file(path: Path, schema: str | None = None) -> tuple[list[str], str]:
-    """All problems of one file (``"$.path: message"`` lines) and the schema it was checked against.
+    """All problems of one file (``"FILE:LINE: $.path: message"`` lines, JSON or YAML by extension)
+    and the schema it was checked against.
 
-    Raises :class:`Fm9gError` when the file is not readable JSON or its schema cannot be detected.
+    Raises :class:`Fm9gError` when the file is not readable or its schema cannot be detected.
     """
-    from fm9g.core.schemas import read_json, schema_problems
+    from fm9g.core.documents import read_document
+    from fm9g.core.errors import ValidationFailed
 
-    document = read_json(path)
+    source = read_document(path)
+    problems, schema = _problems(source.data, path, schema)
+    located = source.locate(ValidationFailed(source.source, problems))
+    return (str(located).splitlines() if problems else []), schema
+
+
+def _problems(document: Any, path: Path, schema: str | None) -> tuple[list[str], str]:
+    from fm9g.core.schemas import schema_problems
+
     schema = schema or detect_schema(document, path)
     problems = schema_problems(document, schema)
     if schema == "mix":

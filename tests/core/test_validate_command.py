@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,25 @@ def write(path: Path, document) -> Path:
     return path
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+def run_cli(capsys, *args: str, lines: bool = False) -> tuple[int, str, str]:
+    """Exit code, stdout, stderr; problems' ``FILE:LINE:`` prefixes shortened to ``FILE:`` unless ``lines``."""
     code = main(list(args))
     captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    out = captured.out if lines else re.sub(r"(?m)^(\S+?):\d+: ", r"\1: ", captured.out)
+    return code, out, captured.err
+
+
+def test_problems_name_the_line_in_json_and_yaml_files(tmp_path: Path, capsys) -> None:
+    json_path = tmp_path / "train.json"
+    json_path.write_text('{\n  "data": {"manifest": "mix.json"},\n  "model": {"preset": "tiny-llama"},\n'
+                         '  "save": "run",\n  "train_iters": 4,\n  "lr": "fast"\n}\n', encoding="utf-8")
+    yaml_path = tmp_path / "train.yaml"
+    yaml_path.write_text("data: {manifest: mix.json}\nmodel: {preset: tiny-llama}\nsave: run\ntrain_iters: 4\n"
+                         "lr: fast\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "validate", str(json_path), str(yaml_path), lines=True)
+    assert code == 2
+    assert out.splitlines() == [f"{json_path}:6: $.lr: 'fast' is not of type 'number'",
+                                f"{yaml_path}:5: $.lr: 'fast' is not of type 'number'"]
 
 
 @pytest.mark.parametrize("schema", ["meta", "train", "checkpoint"])
@@ -102,7 +118,7 @@ def test_unreadable_and_undetectable_files(tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"nlines": 3,\n}', encoding="utf-8")
     odd = write(tmp_path / "odd.json", {"hello": 1})
-    code, out, _ = run_cli(capsys, "validate", str(broken), str(odd), str(tmp_path / "gone.json"))
+    code, out, _ = run_cli(capsys, "validate", str(broken), str(odd), str(tmp_path / "gone.json"), lines=True)
     lines = out.splitlines()
     assert code == 2 and len(lines) == 3
     assert lines[0].startswith(f"{broken}:2:1: invalid JSON")
