@@ -63,7 +63,8 @@ class OnlineMixing:
         self.log_weights = {name: math.log(max(weights[name] / total, 1e-30)) for name in task_names}
         self.window_sums = {name: 0.0 for name in task_names}
         self.window_steps = {name: 0 for name in task_names}
-        self.weights = dict(weights)
+        self.weights = {name: weights[name] / total for name in task_names}
+        """The shares in effect (the stream's weights normalized)."""
         self.reference = self._reference() if self.method == "doremi" else None
         bounded_shares([1.0] * len(task_names), options["min_share"], options["max_share"])  # feasible at all
 
