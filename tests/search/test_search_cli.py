@@ -57,11 +57,11 @@ def test_a_killed_search_resumes_without_redoing_runs_and_ends_as_an_uninterrupt
                                cwd=mixture, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = mixture / "killed" / "runs" / "run-000" / "result.json"
     deadline = time.monotonic() + 240
-    while not (first.exists() and (mixture / "killed" / "runs" / "run-001" / "train.log").exists()):
+    trainers: list[int] = []
+    while not (first.exists() and trainers):  # killed while a later proxy run is training (not between runs)
         assert process.poll() is None and time.monotonic() < deadline, "the search ended before it could be killed"
-        time.sleep(0.1)
-    trainers = children_of(process.pid)
-    assert trainers, "no fm9g train subprocess was running"
+        time.sleep(0.05)
+        trainers = children_of(process.pid) if first.exists() else []
     process.send_signal(signal.SIGKILL)
     process.wait()
     time.sleep(1.0)
