@@ -1,55 +1,62 @@
 #!/usr/bin/env python
-"""Training throughput: fm9g packed (varlen) batches on the torch and bmtrain backends vs Hugging Face padded batches.
+"""Training throughput: fm9g's torch and bmtrain backends against the strongest Hugging Face
+configuration a competent transformers user would build, on the same samples in the same run.
 
 Data: ChatML alpaca + medical-o1 records from ``make_corpus.py`` (SFT-like lengths), indexed and
 mixed by fm9g (``fm9g.index.builder`` + ``MixtureStream``, the corpus's BPE tokenizer). fm9g trains
-on the packed rows with its own step (``fm9g.backends.training.loop.Trainer.step``: varlen attention, token-mean
-loss) — on the torch backend (fp32 master + bf16 autocast, fused AdamW) and on the bmtrain backend
-(BMTrain ZeRO-3 blocks, bf16 params + fp32 master in ``bmt.optim.AdamOptimizer``, the backend's own
-``BmtOptimization``). The baseline gets the *same samples in the same order* (cut out of the packed
-rows by ``cu_seqlens``), in batches of ``--hf-batch`` padded to the longest, trained the way HF
-Trainer does (``labels=`` to the model, SDPA attention).
+on its packed rows through the backends' own run-sequence steps (``TorchStrategy`` /
+``BmtrainStrategy``: ``setup_model``, ``make_optimization``, the loop's ``Trainer.step`` with varlen
+attention and the token-mean loss), configured by the train-config keys a user would set.
 
-Rows (``--only`` takes a comma list of these ids; default: all of the chosen ``--scenarios``):
+Sides (``--only`` takes a comma list of ``scenario:side``; default: every side of the ``--scenarios``):
 
-* ``full:torch``, ``full:hf``, ``full:bmtrain`` — the 1.1B Llama shape (preset ``llama-1.1b``), full training;
-* ``lora:torch``, ``lora:hf``, ``lora:bmtrain`` — fm9g-7b + LoRA r=64 on all seven linears;
-* ``full7b:bmtrain`` — fm9g-7b full fine-tune on the packed SFT mixture (activation checkpointing,
-  optimizer states on the GPU: ``AdamOffloadOptimizer`` does not fit a 128 GiB host), and
-  ``full7b:bmtrain-rows`` — the same on full rows (one 4096-token sequence per row, no sample
-  boundaries): the issue's target is mixture useful tokens/s ≥ 90% of the full-row rate.
+* HF (``benchmarks/hf_sides.py``): ``hf`` — padded batches of ``--hf-batch`` (HF Trainer's default,
+  the secondary anchor); ``hf-packed`` — the same packed rows padding-free (the
+  ``DataCollatorWithFlattening`` layout), SDPA; ``hf-flex`` — flex attention; ``hf-fa2`` —
+  flash_attention_2 (skipped where ``flash_attn`` does not import); ``hf-flex-liger`` — plus Liger's
+  RMSNorm/RoPE/SwiGLU and fused linear cross-entropy; ``hf-flex-liger-compile`` — plus regional
+  ``torch.compile``. Ratios are reported against the fastest HF side of the scenario.
+* fm9g: ``torch``, ``bmtrain``, and ``bmtrain-rows`` (full 4096-token rows, no sample boundaries),
+  each with optional ``+modifiers`` naming train-config levers: ``liger`` (``model.kernels``),
+  ``chunk`` (``model.loss_chunk_tokens: 4096``), ``compile`` (``model.compile``), ``fp8``
+  (``model.fp8``), ``adam8`` (the torch backend's ``optimizer: adamw_8bit``), e.g.
+  ``full:torch+liger+chunk+compile``.
+
+Scenarios: ``full`` — the 1.1B Llama shape (preset ``llama-1.1b``), rows of 4×4096; ``lora`` —
+fm9g-7b + LoRA r=64 on all seven linears, rows of 2×4096; ``full7b`` — the fm9g-7b full fine-tune
+(activation checkpointing, optimizer states on the GPU), 1×4096.
 
 Reported per row: useful (non-padding) tokens/s, share of computed tokens that are useful, MFU
 (model FLOPs of the useful tokens over ``--peak-tflops``: 6·N per token for full training, 4·N for
-LoRA with a frozen base, plus causal attention's 6·layers·hidden·n per token of an n-token sample,
-as in PaLM's and Megatron's MFU; recomputation is not counted), peak GPU memory. Ratios to HF (and
-mixture / full rows) are printed at the end. HF rows run first (on transformers' own layers, before
-``--kernels liger`` patches them), BMTrain rows last (``bmt.init_distributed`` disables cuDNN for
-the process).
+LoRA with a frozen base — N without the untied input embedding, a lookup — plus causal attention's
+6·layers·hidden·n per token of an n-token sample, as in PaLM's and Megatron's MFU; recomputation is
+not counted; fp8 rows are measured against the same bf16 peak), peak GPU memory.
 
-Knobs for the fm9g sides: ``--kernels liger`` (the train config's ``model.kernels``), ``--grad-accum K`` (K rows per optimizer step), ``--checkpoint-blocks N``
-(bmtrain: only the first N blocks recompute), ``--sweep K:N,K:N`` (bmtrain: several such points on
-one model, in order, stopping at the first that runs out of memory), ``--profile`` (the step's
-phases and its top CUDA kernels).
+Knobs for the fm9g sides: ``--kernels liger`` (``model.kernels`` for every fm9g side), ``--grad-accum K``
+(K rows per optimizer step), ``--checkpoint-blocks N`` (bmtrain: only the first N blocks recompute),
+``--sweep K:N,K:N`` (bmtrain: several such points on one model, in order, stopping at the first that
+runs out of memory), ``--profile`` (the step's phases and its top CUDA kernels).
 
-    python benchmarks/train_bench.py                          # GPU: every row
-    python benchmarks/train_bench.py --only full:bmtrain,full:hf
+    python benchmarks/train_bench.py --scenarios full         # GPU: every side of the 1.1B scenario
+    python benchmarks/train_bench.py --only full:hf-flex-liger,full:torch+liger+chunk
     python benchmarks/train_bench.py --scenarios full7b       # the two bmtrain 7B rows
     python benchmarks/train_bench.py --quick                  # CPU smoke run, tiny presets (~1-2 min)
-    python benchmarks/train_bench.py --only full7b:bmtrain-rows --sweep 1:28,4:28,4:20,4:14
+    python benchmarks/train_bench.py --only full7b:bmtrain-rows+liger --sweep 1:28,4:28,4:20,4:14
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from train_sides import peak_gib, reset_memory, run_bmtrain, run_fm9g, run_hf
+from hf_sides import HF_SIDES, flattened_batches, padded_batches, run_hf, unavailable
+from train_sides import MODIFIERS, peak_gib, reset_memory, run_bmtrain, run_fm9g, split_side
 
 _REPO = Path(__file__).resolve().parents[1]
 for _candidate in (os.environ.get("FM9G_MAKE_CORPUS_DIR"), _REPO / "shared" / "bench", _REPO.parent / "shared" / "bench"):
@@ -57,22 +64,24 @@ for _candidate in (os.environ.get("FM9G_MAKE_CORPUS_DIR"), _REPO / "shared" / "b
         sys.path.insert(0, str(_candidate))
         break
 
+_HF = ("hf", "hf-packed", "hf-flex", "hf-fa2", "hf-flex-liger", "hf-flex-liger-compile")
 SCENARIOS = {
     "full": dict(preset="llama-1.1b", lora=False, batch_size=4, max_length=4096, hf_batch=16,
-                 sides=("torch", "hf", "bmtrain")),
+                 sides=_HF + ("torch", "bmtrain")),
     "lora": dict(preset="fm9g-7b", lora=True, batch_size=2, max_length=4096, hf_batch=8,
-                 sides=("torch", "hf", "bmtrain")),
+                 sides=_HF + ("torch", "bmtrain")),
     "full7b": dict(preset="fm9g-7b", lora=False, batch_size=1, max_length=4096, hf_batch=4, use_checkpoint=True,
                    sides=("bmtrain", "bmtrain-rows")),
 }
 QUICK = {
     "full": dict(preset="tiny-llama", lora=False, batch_size=2, max_length=512, hf_batch=4,
-                 sides=("torch", "hf", "bmtrain")),
+                 sides=("hf", "hf-packed", "torch", "bmtrain")),
     "lora": dict(preset="tiny-qwen2", lora=True, batch_size=2, max_length=512, hf_batch=4,
-                 sides=("torch", "hf", "bmtrain")),
+                 sides=("hf", "hf-packed", "torch", "bmtrain")),
     "full7b": dict(preset="tiny-qwen2", lora=False, batch_size=2, max_length=512, hf_batch=4, use_checkpoint=True,
                    sides=("bmtrain", "bmtrain-rows")),
 }
+FM9G_SIDES = ("torch", "bmtrain", "bmtrain-rows")
 BMTRAIN_SIDES = ("bmtrain", "bmtrain-rows")
 
 
@@ -145,29 +154,13 @@ def full_rows(batches: list) -> list:
     return rows
 
 
-def padded_batches(samples, batch: int, pad_id: int, device) -> list[dict]:
-    """HF-style: batches of ``batch`` samples padded to the longest; labels aligned to input_ids (HF shifts)."""
-    out = []
-    for start in range(0, len(samples) - batch + 1, batch):
-        group = samples[start:start + batch]
-        longest = max(len(s) for s, _ in group)
-        ids = torch.full((batch, longest), pad_id, dtype=torch.long)
-        labels = torch.full((batch, longest), -100, dtype=torch.long)
-        mask = torch.zeros((batch, longest), dtype=torch.long)
-        for row, (src, tgt) in enumerate(group):
-            ids[row, :len(src)] = torch.tensor(src)
-            labels[row, 1:len(src)] = torch.tensor(tgt[:-1])  # HF predicts labels[i+1] from position i
-            mask[row, :len(src)] = 1
-        out.append({"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device),
-                    "useful": int(mask.sum()), "computed": batch * longest,
-                    "squares": sum(len(s) ** 2 for s, _ in group)})
-    return out
-
-
 def model_flops(result, lora: bool, layers: int, hidden: int) -> float:
-    """Model FLOPs of the useful tokens (PaLM/Megatron MFU): (6|4)·N per token for the weights, and
-    causal attention's 6·layers·hidden·n² per n-token sample (score and value matmuls, forward + backward)."""
-    return (4 if lora else 6) * result["params"] * result["useful"] + 6 * layers * hidden * result["squares"]
+    """Model FLOPs of the useful tokens (PaLM/Megatron MFU): (6|4)·N per token for the matmul weights
+    (N without an untied input embedding, which is a lookup; 4·N for LoRA's frozen base: no weight
+    gradients), and causal attention's 6·layers·hidden·n² per n-token sample (score and value
+    matmuls, forward + backward, half of the square)."""
+    return ((4 if lora else 6) * result["flop_params"] * result["useful"]
+            + 6 * layers * hidden * result["squares"])
 
 
 def summarize(name, side, result, lora, peak_tflops, shape):
@@ -193,36 +186,66 @@ def _bmtrain_available() -> str | None:
     return None
 
 
+def _known_side(scenario: dict, side: str) -> bool:
+    """A scenario's side, or an fm9g side of it with modifiers (``torch+liger+chunk``)."""
+    if side in scenario["sides"]:
+        return True
+    base, modifiers = split_side(side)
+    return (base in scenario["sides"] and base in FM9G_SIDES and bool(modifiers)
+            and all(m in MODIFIERS for m in modifiers) and len(set(modifiers)) == len(modifiers))
+
+
+def _order(side: str) -> tuple[int, int]:
+    """HF sides without Liger first (Liger patches transformers' RoPE function for the whole process,
+    and these baselines must run on transformers' own layers), then HF with Liger, the torch sides,
+    BMTrain last (``bmt.init_distributed`` turns cuDNN off for the process)."""
+    if side in HF_SIDES:
+        return (0 if "-liger" not in side else 1, HF_SIDES.index(side))
+    return (3 if split_side(side)[0] in BMTRAIN_SIDES else 2, 0)
+
+
 def _plan(args, scenarios) -> list[tuple[str, str]]:
-    """``(scenario, side)`` rows to run: ``--scenarios`` x their sides, filtered by ``--only``; the HF
-    rows first (``--kernels liger`` patches transformers' modules for the rest of the process, and the
-    baseline must run on transformers' own layers), BMTrain rows last."""
+    """``(scenario, side)`` rows to run: ``--scenarios`` x their sides, or the ``--only`` list (which
+    may add modifiers to the fm9g sides), in the order of :func:`_order`."""
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in scenarios]
     if unknown:
         raise SystemExit(f"unknown scenario {unknown[0]!r}; known: {', '.join(scenarios)}")
     rows = [(name, side) for name in names for side in scenarios[name]["sides"]]
     if args.only:
-        wanted = [item.strip() for item in args.only.split(",") if item.strip()]
-        known = {f"{n}:{side}" for n, sc in scenarios.items() for side in sc["sides"]}
-        bad = [w for w in wanted if w not in known]
-        if bad:
-            raise SystemExit(f"unknown row {bad[0]!r}; known: {', '.join(sorted(known))}")
-        rows = [(n, side) for n, sc in scenarios.items() for side in sc["sides"] if f"{n}:{side}" in wanted]
-    return sorted(rows, key=lambda row: (row[1] != "hf", row[1] in BMTRAIN_SIDES))
+        rows = []
+        for item in (item.strip() for item in args.only.split(",") if item.strip()):
+            name, _, side = item.partition(":")
+            if name not in scenarios or not _known_side(scenarios[name], side):
+                known = sorted(f"{n}:{s}" for n, sc in scenarios.items() for s in sc["sides"])
+                raise SystemExit(f"unknown row {item!r}; known: {', '.join(known)}; fm9g sides take "
+                                 f"+modifiers from: {', '.join(MODIFIERS)}")
+            rows.append((name, side))
+    return sorted(rows, key=lambda row: _order(row[1]))
 
 
 def _ratios(rows) -> dict[str, float]:
-    """Each side's useful tokens/s over HF's in the same scenario, and bmtrain mixture over full rows."""
-    by_key = {(r["scenario"], r["side"]): r for r in rows if "useful_tokens_per_s" in r}
+    """Each fm9g side's useful tokens/s over the strongest (fastest) HF side of its scenario, and
+    over HF's padded batches; its peak memory over the strongest HF side's; bmtrain mixture over full rows."""
+    measured = [r for r in rows if "useful_tokens_per_s" in r]
     ratios = {}
-    for (name, side), row in by_key.items():
-        if side != "hf" and (name, "hf") in by_key:
-            ratios[f"{name}:{side}/hf"] = row["useful_tokens_per_s"] / by_key[(name, "hf")]["useful_tokens_per_s"]
-    for name, _ in list(by_key):
-        if (name, "bmtrain") in by_key and (name, "bmtrain-rows") in by_key:
-            ratios[f"{name}:bmtrain/bmtrain-rows"] = (by_key[(name, "bmtrain")]["useful_tokens_per_s"]
-                                                      / by_key[(name, "bmtrain-rows")]["useful_tokens_per_s"])
+    for name in dict.fromkeys(r["scenario"] for r in measured):
+        hf = [r for r in measured if r["scenario"] == name and r["side"] in HF_SIDES]
+        strongest = max(hf, key=lambda r: r["useful_tokens_per_s"], default=None)
+        padded = next((r for r in hf if r["side"] == "hf"), None)
+        by_side = {r["side"]: r for r in measured if r["scenario"] == name}
+        for side, row in by_side.items():
+            if side in HF_SIDES:
+                continue
+            if strongest is not None:
+                ratios[f"{name}:{side}/{strongest['side']}"] = row["useful_tokens_per_s"] / strongest["useful_tokens_per_s"]
+                if math.isfinite(row["peak_gib"]) and math.isfinite(strongest["peak_gib"]):
+                    ratios[f"{name}:{side}/{strongest['side']} memory"] = row["peak_gib"] / strongest["peak_gib"]
+            if padded is not None and padded is not strongest:
+                ratios[f"{name}:{side}/hf"] = row["useful_tokens_per_s"] / padded["useful_tokens_per_s"]
+        if "bmtrain" in by_side and "bmtrain-rows" in by_side:
+            ratios[f"{name}:bmtrain/bmtrain-rows"] = (by_side["bmtrain"]["useful_tokens_per_s"]
+                                                      / by_side["bmtrain-rows"]["useful_tokens_per_s"])
     return ratios
 
 
@@ -290,20 +313,26 @@ def main() -> int:
         vocab_size = max(model_config.vocab_size, tokenizer.vocab_size)
         shape = (model_config.num_hidden_layers, model_config.hidden_size)
         use_checkpoint = scenario.get("use_checkpoint", args.use_checkpoint)
-        if side in BMTRAIN_SIDES and bmtrain_missing:
-            print(f"[{name}:{side}] skipped: {bmtrain_missing}", flush=True)
-            rows.append(dict(scenario=name, side=side, skipped=bmtrain_missing))
+        base = split_side(side)[0]
+        missing = (bmtrain_missing if base in BMTRAIN_SIDES else unavailable(side, device) if side in HF_SIDES
+                   else None)
+        if missing:
+            print(f"[{name}:{side}] skipped: {missing}", flush=True)
+            rows.append(dict(scenario=name, side=side, skipped=missing))
             continue
         print(f"[{name}:{side}] running ...", flush=True)
         try:
-            if side == "torch":
-                result = run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, args)
-            elif side == "hf":
+            if side == "hf":
                 hf_warmup = min(max(1, round(warmup * args.grad_accum * len(padded) / len(batches))), len(padded) - 1)
-                result = run_hf(scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
+                result = run_hf(side, scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
+            elif side in HF_SIDES:
+                result = run_hf(side, scenario, flattened_batches(batches, device), device, warmup, use_checkpoint,
+                                vocab_size)
+            elif base == "torch":
+                result = run_fm9g(side, scenario, batches, device, warmup, use_checkpoint, vocab_size, args)
             else:
-                rows_in = full_rows(batches) if side == "bmtrain-rows" else batches
-                result = run_bmtrain(scenario, rows_in, device, warmup, use_checkpoint, vocab_size, args)
+                rows_in = full_rows(batches) if base == "bmtrain-rows" else batches
+                result = run_bmtrain(side, scenario, rows_in, device, warmup, use_checkpoint, vocab_size, args)
             for point in result if isinstance(result, list) else [result]:
                 label = f"{side}[{point['label']}]" if isinstance(result, list) else side
                 rows.append(summarize(name, label, point, scenario["lora"], args.peak_tflops, shape)
@@ -336,7 +365,7 @@ def main() -> int:
         print(f"{row['scenario']:8} {row['side']:{width}} {row['useful_tokens_per_s']:13,.0f} "
               f"{100 * row['useful_share']:9.1f} {100 * row['mfu']:7.2f} {row['peak_gib']:9.1f}")
     for key, value in _ratios(rows).items():
-        print(f"{key}: useful tokens/s ratio {value:.2f}x")
+        print(f"{key}: {'peak memory' if key.endswith(' memory') else 'useful tokens/s'} ratio {value:.2f}x")
     return 0
 
 

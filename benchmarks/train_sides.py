@@ -37,7 +37,7 @@ def peak_gib(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
-def _timed(step_fn, items, warmup: int, device) -> dict:
+def timed(step_fn, items, warmup: int, device) -> dict:
     """Seconds, useful and computed tokens, Σ sample length² over ``items[warmup:]`` (the first
     ``warmup`` are not timed); ``step_fn`` returns the three counts of its item."""
     for item in items[:warmup]:
@@ -110,8 +110,8 @@ def _profile(step_fn, optimization, group, device, label: str, kernels: bool = T
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
 
 
-def _train_mode(model, device, use_checkpoint: bool):
-    """Checkpointing as asked, train mode, and the same fused AdamW for the torch and HF sides:
+def train_mode(model, device, use_checkpoint: bool):
+    """Checkpointing as asked, train mode, and the fused AdamW of the HF sides:
     ``(parameter count, trainable parameters, optimizer)``."""
     from fm9g.backends.models.build import parameter_counts
 
@@ -124,25 +124,77 @@ def _train_mode(model, device, use_checkpoint: bool):
     return parameter_counts(model)[0], trainable, optimizer
 
 
-def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    from fm9g.backends.lora.peft_engine import PeftEngine
-    from fm9g.backends.models.build import build_model
-    from fm9g.backends.models.kernels import apply_kernels
-    from fm9g.backends.torch_backend.training import set_dtypes
+def flop_parameters(model) -> int:
+    """The parameters a token's matmuls use: all of them but an untied input embedding (a lookup)."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
+
+
+# A side's modifiers (``torch+liger+chunk``) and the train-config keys they set: each lever is the
+# product's own option, so the benchmark measures what a user of that key gets.
+MODIFIERS = {
+    "liger": ("model", "kernels", "liger"),
+    "chunk": ("model", "loss_chunk_tokens", 4096),
+    "compile": ("model", "compile", True),
+    "fp8": ("model", "fp8", True),
+    "adam8": ("backend_options", "optimizer", "adamw_8bit"),
+}
+
+
+def split_side(side: str) -> tuple[str, list[str]]:
+    """``"torch+liger+chunk"`` → ``("torch", ["liger", "chunk"])``."""
+    base, *modifiers = side.split("+")
+    return base, modifiers
+
+
+def bench_config(backend: str, modifiers: list[str], scenario: dict, use_checkpoint: bool, vocab_size: int,
+                 knobs) -> dict:
+    """The train config of an fm9g side (schema and backend-option defaults filled, as ``fm9g train`` does)."""
+    from fm9g.backends.training.config import fill_defaults
+    from fm9g.core.plugins import get_plugin, validate_options
+
+    config = {"model": {"preset": scenario["preset"], "vocab_size": vocab_size, "kernels": knobs.kernels},
+              "backend": backend, "delta": {"engine": "peft", "lora_r": 64, "lora_alpha": 32} if scenario["lora"] else None,
+              "lr": 1e-5, "weight_decay": 0.1, "clip_grad": 1.0, "seed": 0, "use_checkpoint": use_checkpoint,
+              "batch_size": scenario["batch_size"], "max_length": scenario["max_length"],
+              "backend_options": {"checkpoint_blocks": knobs.checkpoint_blocks} if backend == "bmtrain" else {}}
+    for modifier in modifiers:
+        section, key, value = MODIFIERS[modifier]
+        config[section][key] = value
+    fill_defaults(config)
+    config["backend_options"] = validate_options(get_plugin("backend", backend), config["backend_options"],
+                                                 where="train_bench")
+    return config
+
+
+def build_side(strategy, config: dict, vocab_size: int):
+    """The model and optimization through the backend's own run-sequence steps. ``is_main=False``: a
+    LoRA bench run must not write the 7B base weights into a save directory."""
+    from fm9g.backends.models.build import parameter_counts
+    from fm9g.backends.training.loop import Trainer
+    from fm9g.backends.training.model import build_training_model
+
+    built = build_training_model(config, device=strategy.device, vocab_size=vocab_size, resume=None, is_main=False,
+                                 base_dtype=strategy.base_dtype(config), prepare=strategy.prepare_model)
+    params, flops_n = parameter_counts(built.model)[0], flop_parameters(built.model)
+    model = strategy.setup_model(built, config)
+    optimization = strategy.make_optimization(model, config)
+    trainer = Trainer(model, optimization, strategy.collectives, ["a", "b"], config["clip_grad"],
+                      strategy.describe(config).autocast)
+    return trainer, params, flops_n
+
+
+def run_fm9g(side, scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
+    """The torch backend (``TorchStrategy``) with the side's modifiers, through the loop's ``Trainer``."""
+    from fm9g.backends.torch_backend.training import TorchStrategy
     from fm9g.backends.training.batches import to_device
-    from fm9g.backends.training.collectives import TorchDistributed
-    from fm9g.backends.training.loop import TorchOptimization, Trainer
 
     reset_memory(device)
-    model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
-    apply_kernels(model, knobs.kernels, device)
-    if scenario["lora"]:
-        model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
-    set_dtypes(model, {"model": {"dtype": "auto"}, "delta": scenario["lora"]}, device)
-    params, _, optimizer = _train_mode(model, device, use_checkpoint)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    trainer = Trainer(model, TorchOptimization(model, optimizer), TorchDistributed(), ["a", "b"], clip_grad=1.0,
-                      autocast_dtype=autocast)
+    config = bench_config("torch", split_side(side)[1], scenario, use_checkpoint, vocab_size, knobs)
+    strategy = TorchStrategy(config)
+    trainer, params, flops_n = build_side(strategy, config, vocab_size)
 
     def step(group, optimization=None):
         stepper = trainer if optimization is None else dataclasses.replace(trainer, optimization=optimization)
@@ -150,14 +202,14 @@ def run_fm9g(scenario, batches, device, warmup, use_checkpoint, vocab_size, knob
         return _row_counts(group)
 
     groups = grouped(batches, knobs.grad_accum)
-    result = _timed(step, groups, warmup, device)
-    result.update(peak_gib=peak_gib(device), params=params)
+    result = timed(step, groups, warmup, device)
+    result.update(peak_gib=peak_gib(device), params=params, flop_params=flops_n)
     if knobs.profile:
-        _profile(step, trainer.optimization, groups[-1], device, "torch")
+        _profile(step, trainer.optimization, groups[-1], device, side)
     if getattr(knobs, "manifest", None):
-        result["eval"] = time_evaluation(model, knobs.manifest, scenario, device, autocast,
+        autocast = trainer.autocast_dtype
+        result["eval"] = time_evaluation(trainer.model, knobs.manifest, scenario, device, autocast,
                                          target_tokens=max(result["useful"], 1))
-    del model, optimizer
     return result
 
 
@@ -192,39 +244,19 @@ def time_evaluation(model, manifest, scenario, device, autocast, *, target_token
 
 
 
-def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    """The bmtrain backend's model preparation and step (``BmtOptimization`` through the loop's
-    ``Trainer``); one result per ``--sweep`` point (one point without it)."""
-    from fm9g.backends.bmtrain_backend.checkpoint import named_trainable
-    from fm9g.backends.bmtrain_backend.runtime import (BmtCollectives, BmtOptimization, import_bmtrain,
-                                                       init_bmtrain, make_manager, make_optimizer)
-    from fm9g.backends.bmtrain_backend.training import cast_parameters, set_block_checkpointing, wrap_model
-    from fm9g.backends.lora.peft_engine import PeftEngine
-    from fm9g.backends.models.build import build_model, parameter_counts
-    from fm9g.backends.models.kernels import apply_kernels
+def run_bmtrain(side, scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
+    """The bmtrain backend (``BmtrainStrategy``: ZeRO-3 blocks, ``BmtOptimization``) through the loop's
+    ``Trainer``; one result per ``--sweep`` point (one point without it)."""
+    from fm9g.backends.bmtrain_backend.training import BmtrainStrategy, set_block_checkpointing
     from fm9g.backends.training.batches import to_device
-    from fm9g.backends.training.loop import Trainer
-    from fm9g.core.plugins import get_plugin, validate_options
 
-    bmt = import_bmtrain()
-    init_bmtrain(bmt, 0)
-    device = torch.device("cuda", torch.cuda.current_device())
+    config = bench_config("bmtrain", split_side(side)[1], scenario, use_checkpoint, vocab_size, knobs)
+    strategy = BmtrainStrategy(config)
+    device = strategy.device
     reset_memory(device)
     started = time.perf_counter()
-    model = build_model({"preset": scenario["preset"], "vocab_size": vocab_size}, seed=0, device=device)
-    if scenario["lora"]:
-        model = PeftEngine().apply(model, {"lora_r": 64, "lora_alpha": 32})
-    apply_kernels(model, knobs.kernels, device)
-    cast_parameters(model, torch.bfloat16)
-    params = parameter_counts(model)[0]
-    model = wrap_model(bmt, model, use_checkpoint=use_checkpoint, checkpoint_blocks=knobs.checkpoint_blocks)
+    trainer, params, flops_n = build_side(strategy, config, vocab_size)
     print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
-    named = named_trainable(model)
-    optimizer = make_optimizer(bmt, [p for _, p in named], offload=False, lr=1e-5, weight_decay=0.1)
-    options = validate_options(get_plugin("backend", "bmtrain"), {}, where="train_bench")  # the defaults
-    collectives = BmtCollectives(bmt)
-    optimization = BmtOptimization(make_manager(bmt, optimizer, options), optimizer, collectives, named)
-    trainer = Trainer(model, optimization, collectives, ["a", "b"], clip_grad=1.0)
 
     def step(group, timed_optimization=None):
         stepper = trainer if timed_optimization is None else dataclasses.replace(trainer, optimization=timed_optimization)
@@ -234,70 +266,19 @@ def run_bmtrain(scenario, batches, device, warmup, use_checkpoint, vocab_size, k
     results = []
     for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
         label = f"accum={accumulation},ckpt={'off' if not use_checkpoint else 'all' if blocks is None else blocks}"
-        count = set_block_checkpointing(model, bmt.Block, use_checkpoint, blocks)
+        count = set_block_checkpointing(trainer.model, strategy.bmt.Block, use_checkpoint, blocks)
         groups = grouped(batches, accumulation)
         torch.cuda.reset_peak_memory_stats()
         try:
-            result = _timed(step, groups, warmup, device)
+            result = timed(step, groups, warmup, device)
         except torch.OutOfMemoryError as error:
             print(f"  [{label}] out of memory ({str(error)[:120]}); the sweep stops here", flush=True)
             results.append(dict(label=label, error=f"OutOfMemoryError at {label}", peak_gib=peak_gib(device)))
             break
-        result.update(peak_gib=peak_gib(device), params=params, label=label)
+        result.update(peak_gib=peak_gib(device), params=params, flop_params=flops_n, label=label)
         results.append(result)
         print(f"  [{label}] {result['useful'] / result['seconds']:,.0f} useful tokens/s "
               f"({count} blocks), peak {result['peak_gib']:.1f} GiB", flush=True)
         if knobs.profile:
-            _profile(step, optimization, groups[-1], device, label, kernels=len(results) == 1)
-    del model, optimizer, optimization
+            _profile(step, trainer.optimization, groups[-1], device, label, kernels=len(results) == 1)
     return results if knobs.sweep else results[0]
-
-
-def _check_transformers_layers(model) -> None:
-    """The baseline must run on transformers' own modules and RoPE, not on kernels patched in earlier."""
-    import importlib
-
-    family = importlib.import_module(type(model).__module__)
-    foreign = {type(m).__module__ for m in model.modules() if not type(m).__module__.startswith(("transformers", "torch"))}
-    rope = getattr(family, "apply_rotary_pos_emb", None)
-    if rope is not None and not rope.__module__.startswith("transformers"):
-        foreign.add(rope.__module__)
-    if foreign:
-        raise RuntimeError(f"the HF baseline would run patched layers from {sorted(foreign)}")
-
-
-def run_hf(scenario, padded, device, warmup, use_checkpoint, vocab_size, knobs=None):
-    from transformers import AutoModelForCausalLM
-
-    from fm9g.backends.models.presets import preset_config
-
-    reset_memory(device)
-    config = preset_config(scenario["preset"], vocab_size=vocab_size)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if scenario["lora"] and device.type == "cuda" else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.config.use_cache = False
-    _check_transformers_layers(model)
-    if scenario["lora"]:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=64, lora_alpha=32, target_modules=[
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-    params, trainable, optimizer = _train_mode(model, device, use_checkpoint)
-
-    def step(batch):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return batch["useful"], batch["computed"], batch["squares"]
-
-    result = _timed(step, padded, warmup, device)
-    result.update(peak_gib=peak_gib(device), params=params)
-    del model, optimizer
-    return result
