@@ -16,7 +16,7 @@ Sides (``--only`` takes a comma list of ``scenario:side``; default: every side o
   flash_attention_2 (skipped where ``flash_attn`` does not import); ``hf-flex-liger`` — plus Liger's
   RMSNorm/RoPE/SwiGLU and fused linear cross-entropy; ``hf-flex-liger-compile`` — plus regional
   ``torch.compile``. Ratios are reported against the fastest HF side of the scenario.
-* fm9g: ``torch``, ``bmtrain``, and ``bmtrain-rows`` (full 4096-token rows, no sample boundaries),
+* fm9g: ``torch``, ``bmtrain``, and ``torch-rows``/``bmtrain-rows`` (full 4096-token rows, no sample boundaries),
   each with optional ``+modifiers`` naming train-config levers: ``liger`` (``model.kernels``),
   ``chunk`` (``model.loss_chunk_tokens: 4096``), ``compile`` (``model.compile``), ``fp8``
   (``model.fp8``), ``adam8`` (the torch backend's ``optimizer: adamw_8bit``), e.g.
@@ -71,7 +71,7 @@ SCENARIOS = {
     "lora": dict(preset="fm9g-7b", lora=True, batch_size=2, max_length=4096, hf_batch=8,
                  sides=_HF + ("torch", "bmtrain")),
     "full7b": dict(preset="fm9g-7b", lora=False, batch_size=1, max_length=4096, hf_batch=4, use_checkpoint=True,
-                   sides=("bmtrain", "bmtrain-rows")),
+                   sides=("bmtrain", "bmtrain-rows", "torch-rows")),
 }
 QUICK = {
     "full": dict(preset="tiny-llama", lora=False, batch_size=2, max_length=512, hf_batch=4,
@@ -79,9 +79,9 @@ QUICK = {
     "lora": dict(preset="tiny-qwen2", lora=True, batch_size=2, max_length=512, hf_batch=4,
                  sides=("hf", "hf-packed", "torch", "bmtrain")),
     "full7b": dict(preset="tiny-qwen2", lora=False, batch_size=2, max_length=512, hf_batch=4, use_checkpoint=True,
-                   sides=("bmtrain", "bmtrain-rows")),
+                   sides=("bmtrain", "bmtrain-rows", "torch-rows")),
 }
-FM9G_SIDES = ("torch", "bmtrain", "bmtrain-rows")
+FM9G_SIDES = ("torch", "torch-rows", "bmtrain", "bmtrain-rows")
 BMTRAIN_SIDES = ("bmtrain", "bmtrain-rows")
 
 
@@ -328,11 +328,10 @@ def main() -> int:
             elif side in HF_SIDES:
                 result = run_hf(side, scenario, flattened_batches(batches, device), device, warmup, use_checkpoint,
                                 vocab_size)
-            elif base == "torch":
-                result = run_fm9g(side, scenario, batches, device, warmup, use_checkpoint, vocab_size, args)
             else:
-                rows_in = full_rows(batches) if base == "bmtrain-rows" else batches
-                result = run_bmtrain(side, scenario, rows_in, device, warmup, use_checkpoint, vocab_size, args)
+                rows_in = full_rows(batches) if base.endswith("-rows") else batches
+                run_side = run_fm9g if base.startswith("torch") else run_bmtrain
+                result = run_side(side, scenario, rows_in, device, warmup, use_checkpoint, vocab_size, args)
             for point in result if isinstance(result, list) else [result]:
                 label = f"{side}[{point['label']}]" if isinstance(result, list) else side
                 rows.append(summarize(name, label, point, scenario["lora"], args.peak_tflops, shape)
