@@ -15,7 +15,6 @@ run that evaluates trains exactly as one that does not.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch
 
 from fm9g.backends.training.batches import to_device
 from fm9g.backends.training.collectives import Collectives
-from fm9g.backends.training.loss import token_loss
+from fm9g.backends.training.loss import batch_loss
 from fm9g.core.errors import Fm9gError
 from fm9g.mixer.held_out import HeldOutBatches, find_held_out
 from fm9g.mixer.manifest import Manifest, load_manifest
@@ -82,11 +81,7 @@ class Evaluator:
         else:
             batch = pack(-1, [], self.held_out.capacity, self.held_out.tokenizer.pad_id)
         batch = to_device(batch, comm.device)
-        autocast = (torch.autocast(comm.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
-        with autocast:
-            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
-        losses = token_loss(logits, batch.targets, batch.task_ids, tasks)
+        losses = batch_loss(model, batch, tasks, self.autocast_dtype)
         if on_batch is not None:
             on_batch(sum(int(member.num_tokens) for member in group))
         tokens = torch.tensor([float(batch.num_tokens)], dtype=torch.float64, device=comm.device)

@@ -9,7 +9,6 @@ so each rank backpropagates ``local_sum · W / global_count``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +19,7 @@ import torch
 
 from fm9g.backends.training.batches import DeviceBatch, take, to_device
 from fm9g.backends.training.collectives import Collectives
-from fm9g.backends.training.loss import IGNORE_INDEX, token_loss
+from fm9g.backends.training.loss import IGNORE_INDEX, batch_loss
 from fm9g.core.errors import Fm9gError
 
 
@@ -120,12 +119,7 @@ class Trainer:
         denominator = max(global_targets, 1)
         totals = torch.zeros(1 + 2 * tasks, dtype=torch.float64, device=device)
         for batch in batches:
-            autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                        else contextlib.nullcontext())
-            with autocast:
-                logits = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                    use_cache=False).logits
-            losses = token_loss(logits, batch.targets, batch.task_ids, tasks)
+            losses = batch_loss(self.model, batch, tasks, self.autocast_dtype)
             self.optimization.backward(losses.total * (comm.world_size / denominator))
             totals += torch.cat([losses.total.detach().double().reshape(1), losses.task_sum, losses.task_count])
         grad_norm = self.optimization.clip(self.clip_grad)

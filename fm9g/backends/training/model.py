@@ -1,4 +1,5 @@
-"""The model a run trains: built from the config, kernels in, the delta applied, the checkpoint loaded."""
+"""The model a run trains: built from the config, kernels and the fused loss head in, the delta applied,
+the checkpoint loaded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from fm9g.backends.models.build import build_model, load_into
 from fm9g.backends.models.kernels import apply_kernels
 from fm9g.backends.training import checkpoints
+from fm9g.backends.training.fused_loss import install_fused_head
 from fm9g.backends.training.resume import ResumePoint
 from fm9g.backends.weights.files import read_safetensors
 from fm9g.core.errors import Fm9gError
@@ -35,8 +37,10 @@ class TrainingModel:
 def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_size: int | None,
                          resume: ResumePoint | None, is_main: bool, base_dtype: torch.dtype,
                          prepare: Callable[[torch.nn.Module], Any] | None = None) -> TrainingModel:
-    """Build the model, put in its kernels (``model.kernels``), ``prepare`` it (e.g. untie embeddings),
-    apply the delta (the engine comes from the plugin registry), load the resume checkpoint's weights.
+    """Build the model, put in its kernels (``model.kernels``) and its fused loss head
+    (``model.loss_chunk_tokens``: before any delta or wrapper, which then carry it along), ``prepare``
+    it (e.g. untie embeddings), apply the delta (the engine comes from the plugin registry), load the
+    resume checkpoint's weights.
 
     A LoRA run on a bare preset stores its base weights (rounded to ``base_dtype``, the precision
     the frozen base trains in) once in the save directory, or, resuming, loads them from the
@@ -48,6 +52,7 @@ def build_training_model(config: dict[str, Any], *, device: torch.device, vocab_
         raise Fm9gError(f"max_length {config['max_length']} is longer than the model's {positions} positions",
                         where="train config: max_length", fix=f"use max_length ≤ {positions}")
     apply_kernels(model, config["model"]["kernels"], device)
+    install_fused_head(model, config["model"]["loss_chunk_tokens"])
     if prepare is not None:
         prepare(model)
     hf_config = copy.deepcopy(model.config)
