@@ -1,22 +1,27 @@
 """``fm9g mix search`` on the bench corpus: K proxy runs, the fit's held-out rank correlation, and
 the proposed mixture against the uniform and the natural (size-proportional) one at a larger run.
 
-Usage::
+Usage (the GPU run BENCHMARKS.md quotes; every ``fm9g train`` picks CUDA when it is there)::
 
-    python benchmarks/search_bench.py --work bench-search [--scale tiny] [--runs 16] [--proxy-steps 20]
-                                      [--full-steps 80] [--output search_bench.json]
+    python benchmarks/search_bench.py --work bench-search --corpus .benchdata/corpus-small --runs 24 \\
+        --parallel 8 --proxy-steps 100 --full-steps 500 --output OUT/search_bench.json
 
-Data: make_corpus's pretrain paragraphs, alpaca_zh and medical_o1 records, each split 80/20 (at least 4 rows held out) into
-a training index (``idx/NAME``) and its held-out test split (``idx/NAME/test``, where fm9g train
-finds it), tokenized with the corpus's BPE; a manifest of equal weights (ChatML for the two
-instruction sets, which may make at most one epoch: ``--budget-tokens`` checks that at the full
-run's size, where the small instruction sets would otherwise repeat). The target is the mean held-out loss of the two instruction sets
-(``alpaca:0.5,medical:0.5``): pretrain is related text whose best share is not obvious.
+Data: a make_corpus output (``--corpus``; generated into ``WORK/corpus-SCALE`` when not given, which
+needs ``wordfreq``): its pretrain paragraphs, alpaca_zh and medical_o1 records (question → response),
+each split 80/20 into a training index (``idx/NAME``) and its held-out test split
+(``idx/NAME/test``, where fm9g train finds it), tokenized with the corpus's BPE; a manifest of equal
+weights (ChatML for the two instruction sets, which may make at most ``--max-epochs`` epochs at the
+full run's size: ``--budget-tokens`` bounds the shares the search may propose by that).
+The target is the mean held-out loss of the two instruction sets (``alpaca:0.5,medical:0.5``):
+pretrain is related text (the same languages, more of it) whose best share is not obvious.
 
-Steps: ``fm9g mix search`` (real ``fm9g train`` proxies: tiny-llama, ``--proxy-steps``), a
-LightGBM fit on the same runs for comparison, then three full runs of ``--full-steps`` (4× the
-proxy's tokens by default) with the uniform, the natural and the proposed weights, each scored on
-the same target from its last held-out evaluation.
+Steps: ``fm9g mix search`` (real ``fm9g train`` proxies of ``--proxy-steps``, ``--parallel`` at a
+time, plus the ``--confirm`` run), the fit's rank correlation for every installed regressor
+(LightGBM is skipped, with a note, where it is not installed), then three full runs of
+``--full-steps`` with the uniform, the natural and the proposed weights (``--parallel`` at a time),
+each scored on the same target from its last held-out evaluation. Beside ``--output`` (the JSON)
+it writes the search's report and plot (``search_report.json``, ``search.png``) and the summary
+table (``search_bench.md``), which it also prints.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +46,7 @@ for _candidate in (os.environ.get("FM9G_MAKE_CORPUS_DIR"), _REPO / "shared" / "b
 TARGET = "alpaca:0.5,medical:0.5"
 HELD_OUT_SHARE = 0.2
 HELD_OUT_ROWS = 4
+MIXTURES = ("uniform", "natural", "proposed")
 
 
 def _records(corpus: Path) -> dict[str, list[dict]]:
@@ -54,16 +61,16 @@ def _records(corpus: Path) -> dict[str, list[dict]]:
     }
 
 
-def prepare_data(work: Path, scale: str) -> Path:
-    """make_corpus → records → 80/20 split → fm9g indexes (train and test split) → mix.json."""
+def prepare_data(work: Path, corpus: Path, scale: str, *, max_epochs: int) -> Path:
+    """make_corpus (unless ``corpus`` holds one) → records → 80/20 split → fm9g indexes (train and
+    test split) → mix.json."""
     from fm9g.index.builder import BuildOptions, build_index
 
-    corpus = work / f"corpus-{scale}"
-    if not (corpus / "manifest.json").exists():
+    if not (corpus / "pretrain.txt").exists():
         from make_corpus import generate
 
         generate(corpus, scale=scale, seed=0)
-    tokenizer = f"hf:{corpus / 'tokenizer'}"
+    tokenizer = f"hf:{corpus.resolve() / 'tokenizer'}"
     rng = np.random.default_rng(0)
     for name, records in _records(corpus).items():
         if (work / "idx" / name / "test" / "meta.json").exists():
@@ -76,21 +83,22 @@ def prepare_data(work: Path, scale: str) -> Path:
             path.write_text("".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(rows)),
                             encoding="utf-8")
             build_index([path], output, BuildOptions(tokenizer=tokenizer, progress=False, force=True))
-    manifest = {"tokenizer": tokenizer, "seed": 1, "max_length": 256, "batch_size": 4, "datasets": [
+    manifest = {"tokenizer": tokenizer, "seed": 1, "datasets": [
         {"task_name": "pretrain", "path": "idx/pretrain", "abs_weight": 1.0, "transform": "identity",
          "oversize_rule": "segment"},
         {"task_name": "alpaca", "path": "idx/alpaca", "abs_weight": 1.0, "transform": "chatml", "oversize_rule": "head",
-         "max_epochs": 1},
+         "max_epochs": max_epochs},
         {"task_name": "medical", "path": "idx/medical", "abs_weight": 1.0, "transform": "chatml",
-         "oversize_rule": "head", "max_epochs": 1}]}
+         "oversize_rule": "head", "max_epochs": max_epochs}]}
     (work / "mix.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return work / "mix.json"
 
 
-def train_config(work: Path, name: str, manifest: Path, steps: int) -> Path:
-    config = {"data": {"manifest": str(manifest)}, "model": {"preset": "tiny-llama"}, "save": str(work / name / "run"),
-              "train_iters": steps, "save_iters": steps, "eval_iters": steps, "batch_size": 4, "max_length": 256,
-              "lr": 3e-3, "lr_scheduler": "cosine", "warmup_iters": max(1, steps // 10), "seed": 1}
+def train_config(work: Path, name: str, manifest: Path, steps: int, args: argparse.Namespace) -> Path:
+    config = {"data": {"manifest": str(manifest)}, "model": {"preset": args.model}, "save": str(work / name / "run"),
+              "train_iters": steps, "save_iters": steps, "eval_iters": steps, "eval_tokens": args.eval_tokens,
+              "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "lr_scheduler": "cosine",
+              "warmup_iters": max(1, steps // 10), "seed": 1}
     path = work / f"{name}.json"
     path.write_text(json.dumps(config, indent=1), encoding="utf-8")
     return path
@@ -103,78 +111,168 @@ def fm9g(*args: str, cwd: Path) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def full_run(work: Path, name: str, shares: dict[str, float], steps: int) -> dict:
-    """Train ``steps`` steps on ``shares`` (from scratch) and score the last held-out evaluation."""
-    import shutil
-
+def full_runs(work: Path, mixtures: dict[str, dict[str, float]], args: argparse.Namespace) -> dict[str, dict]:
+    """Train ``--full-steps`` on each mixture (from scratch, ``--parallel`` at a time) and score each
+    run's last held-out evaluation on the target."""
     from fm9g.mixer.manifest import load_manifest
     from fm9g.search.runs import manifest_document
     from fm9g.search.target import parse_target
 
     manifest = load_manifest(work / "mix.json")
-    path = work / f"full-{name}.mix.json"
-    document = manifest_document(manifest, shares)
-    for entry in document["datasets"]:  # every mixture trains as given, repeating data where its weights ask for it
-        entry.pop("max_epochs", None)
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
-    shutil.rmtree(work / f"full-{name}", ignore_errors=True)
-    fm9g("train", "--config", str(train_config(work, f"full-{name}", path, steps)), cwd=work)
-    record = [json.loads(line) for line in (work / f"full-{name}" / "run" / "eval_log.jsonl").read_text().splitlines()][-1]
     target = parse_target(TARGET, manifest.task_names, {}, manifest.task_names)
-    return {"weights": shares, "target": target.value(record, where=name),
-            "tasks": {task: value["loss"] for task, value in record["tasks"].items()}}
+    commands = {}
+    for name, shares in mixtures.items():
+        document = manifest_document(manifest, shares)
+        for entry in document["datasets"]:  # every mixture trains as given: the JSON reports the epochs it made
+            entry.pop("max_epochs", None)
+        path = work / f"full-{name}.mix.json"
+        path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+        shutil.rmtree(work / f"full-{name}", ignore_errors=True)
+        commands[name] = [sys.executable, "-m", "fm9g", "train", "--config",
+                          str(train_config(work, f"full-{name}", path, args.full_steps, args))]
+    waiting, running, seconds = list(commands), {}, {}
+    while waiting or running:
+        while waiting and len(running) < args.parallel:
+            name = waiting.pop(0)
+            print("$ " + " ".join(commands[name][2:]), flush=True)
+            log = open(work / f"full-{name}.log", "w", encoding="utf-8")
+            running[name] = (subprocess.Popen(commands[name], cwd=work, stdout=log, stderr=subprocess.STDOUT), log,
+                             time.perf_counter())
+        for name, (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if process.returncode != 0:
+                raise SystemExit(f"full run {name} failed (exit {process.returncode}): see {work / f'full-{name}.log'}")
+            seconds[name] = time.perf_counter() - started
+            print(f"  full run {name}: {seconds[name]:.0f} s", flush=True)
+        time.sleep(0.2)
+    results = {}
+    for name, shares in mixtures.items():
+        lines = (work / f"full-{name}" / "run" / "eval_log.jsonl").read_text().splitlines()
+        record = json.loads(lines[-1])
+        results[name] = {"weights": shares, "target": target.value(record, where=name), "seconds": seconds[name],
+                         "tasks": {task: value["loss"] for task, value in record["tasks"].items()}}
+    return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path("bench-search"))
-    parser.add_argument("--scale", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--runs", type=int, default=16)
-    parser.add_argument("--proxy-steps", type=int, default=20)
-    parser.add_argument("--full-steps", type=int, default=80)
-    parser.add_argument("--parallel", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=Path("search_bench.json"))
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: tiny models, and no spin-waiting on a busy machine
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    manifest = prepare_data(work, args.scale)
-    train_config(work, "proxy", manifest, args.proxy_steps)
-    fm9g("mix", "search", "--manifest", str(manifest), "--proxy", "proxy.json", "--target", TARGET, "--runs",
-         str(args.runs), "--parallel", str(args.parallel), "--output", "search", "--confirm",
-         "--budget-tokens", str(args.full_steps * 4 * 256), cwd=work)
-    report = json.loads((work / "search" / "search_report.json").read_text())
-
+def fit_comparison(report: dict) -> dict[str, dict]:
+    """Each regressor's k-fold rank correlation on the search's runs; a missing library is a note."""
+    from fm9g.core.errors import Fm9gError
     from fm9g.search import regression
 
     tasks = report["tasks"]
     weights = np.array([[run["weights"][task] for task in tasks] for run in report["runs"]])
     losses = np.array([run["target"] for run in report["runs"]])
-    fits = {name: {key: value for key, value in regression.rank_correlation(name, weights, losses, seed=0).items()
-                   if key != "out_of_fold_predictions"} for name in regression.REGRESSORS}
+    fits = {}
+    for name in regression.REGRESSORS:
+        try:
+            regression.check_available(name)
+        except Fm9gError as error:
+            fits[name] = {"skipped": str(error)}
+            continue
+        fit = regression.rank_correlation(name, weights, losses, seed=0)
+        fits[name] = {key: value for key, value in fit.items() if key != "out_of_fold_predictions"}
+    return fits
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def summary_lines(summary: dict, report: dict) -> list[str]:
+    """The evidence as Markdown: fit quality, best proxy, confirm, and the full runs' table."""
+    tasks, full = report["tasks"], summary["full"]
+    lines = [f"device {summary['device']}; proxies: {summary['runs']} × {summary['proxy_steps']} steps "
+             f"({summary['proxy_tokens']:,} tokens); full runs: {summary['full_steps']} steps "
+             f"({summary['full_tokens']:,} tokens)", ""]
+    for name, fit in summary["fit"].items():
+        lines.append(f"- fit {name}: " + (f"skipped ({fit['skipped']})" if "skipped" in fit else
+                                          f"Spearman ρ {fit['spearman']:.3f} on held-out runs ({fit['folds']}-fold, "
+                                          f"p {fit['p_value']:.2g})"))
+    lines.append(f"- best of the {summary['runs']} proxies: {report['best_run']['run']} "
+                 f"{report['best_run']['target']:.4f}")
+    if summary.get("confirm"):
+        lines.append(f"- proposal at proxy size: predicted {summary['confirm']['predicted']:.4f}, measured "
+                     f"{summary['confirm']['measured']:.4f}")
+    lines += ["", f"| mixture ({summary['full_steps']} steps) | " + " / ".join(tasks) + " | epochs made | "
+              f"target {TARGET} | " + " | ".join(f"{task} loss" for task in tasks) + " | predicted |",
+              "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+    for name, result in full.items():
+        lines.append(f"| {name} | " + " / ".join(f"{result['weights'][task]:.3f}" for task in tasks) + " | "
+                     + " / ".join(f"{result['epochs'][task]:.2f}" for task in tasks)
+                     + f" | {result['target']:.4f} | " + " | ".join(f"{result['tasks'][task]:.4f}" for task in tasks)
+                     + f" | {result['predicted']:.4f} |")
+    margin = {name: full[name]["target"] - full["proposed"]["target"] for name in ("uniform", "natural")}
+    lines += ["", "proposed below uniform by {uniform:+.4f}, below natural by {natural:+.4f}".format(**margin),
+              f"{summary['seconds']:.0f} s in all (data {summary['phase_seconds']['data']:.0f}, search "
+              f"{summary['phase_seconds']['search']:.0f}, full runs {summary['phase_seconds']['full']:.0f})"]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("bench-search"))
+    parser.add_argument("--corpus", type=Path, help="a make_corpus output (default: WORK/corpus-SCALE, generated)")
+    parser.add_argument("--scale", default="small", choices=["tiny", "small"])
+    parser.add_argument("--runs", type=int, default=24)
+    parser.add_argument("--parallel", type=int, default=8, help="proxy (and full) runs at a time")
+    parser.add_argument("--proxy-steps", type=int, default=100)
+    parser.add_argument("--full-steps", type=int, default=500)
+    parser.add_argument("--model", default="tiny-llama", help="the preset of every run (proxy and full)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-epochs", type=int, default=4,
+                        help="epochs alpaca and medical may make at the full run's size (bounds their shares)")
+    parser.add_argument("--eval-tokens", type=int, default=0, help="held-out target tokens per task (0: all)")
+    parser.add_argument("--output", type=Path, default=Path("search_bench.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: tiny models, many processes
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    manifest = prepare_data(work, args.corpus or work / f"corpus-{args.scale}", args.scale, max_epochs=args.max_epochs)
+    data_done = time.perf_counter()
+    step_tokens = args.batch_size * args.max_length
+    train_config(work, "proxy", manifest, args.proxy_steps, args)
+    fm9g("mix", "search", "--manifest", str(manifest), "--proxy", "proxy.json", "--target", TARGET, "--runs",
+         str(args.runs), "--parallel", str(args.parallel), "--output", "search", "--confirm", "--force",
+         "--budget-tokens", str(args.full_steps * step_tokens), cwd=work)
+    search_done = time.perf_counter()
+    report = json.loads((work / "search" / "search_report.json").read_text())
+    tasks = report["tasks"]
     mixtures = {"uniform": {task: round(1 / len(tasks), 6) for task in tasks},
                 "natural": report["baselines"]["natural"]["weights"], "proposed": report["proposal"]["weights"]}
-    full = {name: full_run(work, name, shares, args.full_steps) for name, shares in mixtures.items()}
+    full = full_runs(work, mixtures, args)
+    epoch_tokens = dict(zip(tasks, report["space"]["tokens_per_epoch"]))
     for name, result in full.items():
         result["predicted"] = (report["proposal"]["predicted"] if name == "proposed"
                                else report["baselines"][name]["predicted"])
-    summary = {"target": TARGET, "runs": args.runs, "proxy_steps": args.proxy_steps, "full_steps": args.full_steps,
-               "proxy_budget_tokens": report["space"]["budget_tokens"], "fit": fits, "search_fit": report["fit"]["spearman"],
-               "best_run": report["best_run"], "confirm": report.get("confirm"), "full": full,
-               "seconds": time.perf_counter() - started}
+        result["epochs"] = {task: result["weights"][task] * args.full_steps * step_tokens / epoch_tokens[task]
+                            for task in tasks}
+    finished = time.perf_counter()
+    summary = {"target": TARGET, "device": device_name(), "model": args.model, "runs": args.runs,
+               "parallel": args.parallel, "proxy_steps": args.proxy_steps, "full_steps": args.full_steps,
+               "proxy_tokens": args.proxy_steps * step_tokens, "full_tokens": args.full_steps * step_tokens,
+               "batch_size": args.batch_size, "max_length": args.max_length, "max_epochs": args.max_epochs,
+               "space": report["space"], "fit": fit_comparison(report), "search_fit": report["fit"],
+               "best_run": report["best_run"], "proposal": report["proposal"], "confirm": report.get("confirm"),
+               "full": full, "proposed_beats": {name: full["proposed"]["target"] < full[name]["target"]
+                                                for name in ("uniform", "natural")},
+               "seconds": finished - started, "phase_seconds": {"data": data_done - started,
+                                                                "search": search_done - data_done,
+                                                                "full": finished - search_done}}
     args.output.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"\nfit on held-out runs: " + ", ".join(f"{name} Spearman {fit['spearman']:.3f} ({fit['folds']}-fold)"
-                                                 for name, fit in fits.items()))
-    if report.get("confirm"):
-        print(f"proposal at proxy size: predicted {report['confirm']['predicted']:.4f}, "
-              f"measured {report['confirm']['measured']:.4f}")
-    print(f"\n| mixture ({args.full_steps} steps) | " + " | ".join(tasks) + f" | target {TARGET} | predicted |")
-    print("|---|" + "---|" * (len(tasks) + 2))
-    for name, result in full.items():
-        print(f"| {name} | " + " | ".join(f"{result['weights'][task]:.3f}" for task in tasks)
-              + f" | {result['target']:.4f} | {result['predicted']:.4f} |")
-    print(f"\n{time.perf_counter() - started:.0f} s in all; {args.output}")
+    for name in ("search_report.json", "search.png"):
+        shutil.copyfile(work / "search" / name, args.output.parent / name)
+    lines = summary_lines(summary, report)
+    (args.output.parent / "search_bench.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n" + "\n".join(lines) + f"\n\n{args.output} (+ search_report.json, search.png, search_bench.md)")
     return 0
 
 

@@ -5,7 +5,8 @@
 #                OpenDelta 0.3.2 and what `import opendelta` loads, Liger Kernel 0.8.5 (Triton is
 #                there with torch), and the BMTrain 1.0.1 sdist
 #                (tests/gpu/run.sh installs the wheels and builds BMTrain with `fm9g install-bmtrain`);
-#   .benchdata/  the make_corpus `small` corpus for benchmarks/train_bench.py (wordfreq is not there).
+#   .benchdata/  the make_corpus `small` corpus (pretrain.txt too: benchmarks/search_bench.py indexes it)
+#                for benchmarks/train_bench.py and search_bench.py (wordfreq is not there).
 # Then, on the device: OUT=$OUT bash tests/gpu/run.sh   (BENCH_ARGS="--work .benchdata ..." for the benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +19,8 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --
   jsonschema==4.26.0 jsonschema-specifications referencing rpds-py tensorboardX==2.6.5 orjson \
   opendelta==0.3.2 web.py cheroot jaraco.functools more-itertools multipart liger-kernel==0.8.5 pyyaml
 python -m pip download -q --no-deps --no-binary :all: --no-build-isolation bmtrain==1.0.1 -d .whl
-if [ ! -f .benchdata/corpus-small/manifest.json ]; then
+if [ ! -f .benchdata/corpus-small/pretrain.txt ]; then
   shared="${FM9G_MAKE_CORPUS_DIR:-$(cd .. && pwd)/shared/bench}"
-  python -c "import sys; from pathlib import Path; sys.path.insert(0, '$shared'); from make_corpus import generate; generate(Path('.benchdata/full-small'), scale='small', seed=0)"
-  mkdir -p .benchdata/corpus-small
-  cp -r .benchdata/full-small/{alpaca_zh.json,medical_o1.json,tokenizer,manifest.json} .benchdata/corpus-small/
-  rm -rf .benchdata/full-small
+  python -c "import sys; from pathlib import Path; sys.path.insert(0, '$shared'); from make_corpus import generate; generate(Path('.benchdata/corpus-small'), scale='small', seed=0)"
 fi
 du -sh .whl .benchdata
