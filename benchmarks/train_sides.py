@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
+from pathlib import Path
 
 import torch
 
@@ -159,6 +160,7 @@ def bench_config(backend: str, modifiers: list[str], scenario: dict, use_checkpo
               "backend": backend, "delta": {"engine": "peft", "lora_r": 64, "lora_alpha": 32} if scenario["lora"] else None,
               "lr": 1e-5, "weight_decay": 0.1, "clip_grad": 1.0, "seed": 0, "use_checkpoint": use_checkpoint,
               "batch_size": scenario["batch_size"], "max_length": scenario["max_length"],
+              "save": str(Path(knobs.work) / "bench-save"),  # named only: build_side writes nothing there
               "backend_options": {"checkpoint_blocks": knobs.checkpoint_blocks} if backend == "bmtrain" else {}}
     for modifier in modifiers:
         section, key, value = MODIFIERS[modifier]
