@@ -17,11 +17,14 @@ batch_size 1, the corpus's byte-level BPE tokenizer, seed 42. Measured in one ru
   since the machine may be shared. Rows the stream tokenized ahead but did not consume when it
   stopped count against the stream; the ceiling's tokens exclude the stream's one bos per sample;
 * materialized mixture: tokens/s reading ``MaterializedStream`` batches (written by a separate,
-  untimed stream run);
-* Hugging Face baseline: ``load_dataset("json")`` + ``map`` (same template, same pre-shifted
-  targets with -100 on the prompt, ``num_proc=2``) + ``interleave_datasets(probabilities=…)`` +
-  greedy packing into 4096-token rows, cold (fresh cache) and warm (from its cache); its token-share
-  error after 1k / 10k / 100k samples (its probabilities count examples, not tokens);
+  untimed stream run), against the same rows and dtypes saved once by HF ``save_to_disk`` and read
+  back with ``load_from_disk(...).with_format("numpy")``, 1 and 64 rows a batch;
+* Hugging Face baselines (``mix_bench_hf.py``): interleave first, then tokenize only the consumed
+  rows — ``select`` + ``map(batched=True, num_proc=…)`` over the Arrow-loaded JSONL (cold cache; the
+  JSON → Arrow load is untimed, like fm9g's index) or streaming ``IterableDataset.map`` over the
+  interleaved JSON — with the same fast tokenizer called batched, template, masking and greedy
+  packing; ``probabilities`` as example probabilities and length-corrected (weight / mean sample
+  tokens, the seed's rule); the token-share error of each after 1k / 10k / 100k samples;
 * resume state size in bytes for a 1k-row and a 1M-row dataset.
 
 Usage::
@@ -41,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import mix_bench_hf as hf
 
 MAKE_CORPUS = Path(os.environ.get("FM9G_MAKE_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bench") / "make_corpus.py"
 """``../shared/bench/make_corpus.py`` beside the checkout, or ``$FM9G_MAKE_CORPUS_DIR``."""
@@ -155,58 +160,6 @@ def read_materialized(directory: Path) -> dict:
     return {"batches": batches, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-HF_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>User\n{}<|im_end|>\n"
-               "<|im_start|>assistant\n")
-
-
-def hf_pipeline(work: Path, corpus: Path, cache: Path, samples: int) -> dict:
-    """load_dataset + map (template, tokenize, mask) + interleave_datasets + greedy packing to 4096."""
-    import datasets
-    from transformers import PreTrainedTokenizerFast
-
-    datasets.disable_progress_bars()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(corpus / "tokenizer" / "tokenizer.json"))
-    bos, eos = tokenizer.convert_tokens_to_ids("<s>"), tokenizer.convert_tokens_to_ids("</s>")
-    started = time.perf_counter()
-    mapped = []
-    for task_id, name in enumerate(WEIGHTS):
-        raw = datasets.load_dataset("json", data_files=str(work / "prepared" / name / "train.jsonl"),
-                                    split="train", cache_dir=str(cache))
-        chat = TEMPLATES[name] == "chatml"
-
-        def encode(batch, chat=chat, task_id=task_id):
-            prompts = [HF_TEMPLATE.format(text) if chat else text for text in batch["input"]]
-            outputs = [f"{text}<|im_end|>" if chat else text for text in batch["output"]]
-            prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            output_ids = tokenizer(outputs, add_special_tokens=False)["input_ids"]
-            input_ids, labels = [], []
-            for p, o in zip(prompt_ids, output_ids):
-                input_ids.append([bos] + p + o)
-                labels.append([-100] * len(p) + o + [eos])
-            return {"input_ids": input_ids, "labels": labels, "task": [task_id] * len(input_ids)}
-
-        mapped.append(raw.map(encode, batched=True, num_proc=2, remove_columns=raw.column_names))
-    mixed = datasets.interleave_datasets(mapped, probabilities=list(WEIGHTS.values()), seed=42,
-                                         stopping_strategy="all_exhausted")
-    mapped_at = time.perf_counter()
-    tokens_by_task = np.zeros(len(WEIGHTS))
-    tokens_at: dict[int, np.ndarray] = {}
-    rows, row_fill, packed = 0, 0, 0
-    for count, example in enumerate(mixed.select(range(min(samples, len(mixed)))), 1):
-        ids = example["input_ids"][:MAX_LENGTH]
-        if row_fill + len(ids) > MAX_LENGTH:
-            rows, row_fill = rows + 1, 0
-        row_fill += len(ids)
-        packed += len(ids)
-        tokens_by_task[example["task"]] += len(ids)
-        if count in CHECKPOINTS:
-            tokens_at[count] = tokens_by_task.copy()
-    seconds = time.perf_counter() - started
-    return {"samples": min(samples, len(mixed)), "tokens": packed, "rows": rows + 1, "seconds": seconds,
-            "map_seconds": mapped_at - started, "tokens_per_s": packed / seconds,
-            "share_error_pp": share_errors(tokens_at)}
-
-
 def state_sizes(work: Path) -> dict:
     from fm9g.mixer.stream import MixtureStream
 
@@ -236,6 +189,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--short-samples", type=int, default=20_000,
                         help="samples for the stream-vs-ceiling pairs and the workers/materialize runs")
+    parser.add_argument("--hf-num-proc", default="2,1",
+                        help="num_proc values for HF's map path with example probabilities (1: in-process, rayon "
+                             "threads); the length-corrected map run uses the first")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved (stream, ceiling) pairs; the median ratio is reported (the machine is shared)")
     args = parser.parse_args()
@@ -270,6 +226,10 @@ def main() -> None:
     log(f"fm9g stream, {args.short_samples} samples, written as a materialized mixture (not timed)")
     run_fm9g(manifest, args.short_samples, workers=0, output=work / "materialized").pop("_progress")
     results["materialized_read"] = read_materialized(work / "materialized")
+    shutil.rmtree(work / "materialized_arrow", ignore_errors=True)
+    results["hf_materialized_read"] = {
+        f"batch_{size}": hf.materialize_and_read(work / "materialized", work / "materialized_arrow", size)
+        for size in (1, 64)}
     log(f"fm9g stream, {args.short_samples} samples, 2 worker processes")
     results["fm9g_workers2"] = run_fm9g(manifest, args.short_samples, workers=2)
     results["fm9g_workers2"].pop("_progress")
@@ -277,20 +237,32 @@ def main() -> None:
     results["fm9g"] = run_fm9g(manifest, args.samples, workers=0)
     results["fm9g"].pop("_progress")
     results["tokenizer_ceiling"] = ceiling_result
-    cache = work / "hf_cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    log("HF datasets, cold")
-    results["hf_cold"] = hf_pipeline(work, corpus, cache, args.samples)
-    log("HF datasets, warm")
-    results["hf_warm"] = hf_pipeline(work, corpus, cache, args.samples)
+    names, weights = list(WEIGHTS), list(WEIGHTS.values())
+    common = {"max_length": MAX_LENGTH, "checkpoints": CHECKPOINTS, "samples": args.samples}
+    num_procs = [int(value) for value in args.hf_num_proc.split(",")]
+    runs = [(f"hf_map_example_p_np{n}", False, n) for n in num_procs] + [("hf_map_corrected_p", True, num_procs[0])]
+    for key, corrected, num_proc in runs:
+        log(f"HF datasets, map path, cold, {'length-corrected' if corrected else 'example'} probabilities, "
+            f"num_proc={num_proc}")
+        results[key] = hf.run_map(work, corpus, work / "hf_cache", names, weights, corrected=corrected,
+                                  num_proc=num_proc, **common)
+    log("HF datasets, streaming path, length-corrected probabilities")
+    results["hf_streaming_corrected_p"] = hf.run_streaming(
+        work, corpus, work / "hf_cache", names, weights,
+        probabilities=results["hf_map_corrected_p"]["probabilities"], **common)
     results["state_bytes"] = state_sizes(work)
-    fm9g_rate, ceiling = results["fm9g"]["tokens_per_s"], results["tokenizer_ceiling"]["tokens_per_s"]
+    fm9g_rate = results["fm9g"]["tokens_per_s"]
+    hf_keys = [key for key, _, _ in runs] + ["hf_streaming_corrected_p"]
+    best_hf = max(hf_keys, key=lambda key: results[key]["tokens_per_s"])
     results["ratios"] = {
         "fm9g_short_vs_tokenizer_ceiling_same_texts": pair_ratios[median],
-        "fm9g_vs_tokenizer_ceiling": fm9g_rate / ceiling,
-        "fm9g_vs_hf_cold": fm9g_rate / results["hf_cold"]["tokens_per_s"],
-        "fm9g_workers2_vs_hf_cold": results["fm9g_workers2"]["tokens_per_s"] / results["hf_cold"]["tokens_per_s"],
-        "materialized_vs_hf_warm": results["materialized_read"]["tokens_per_s"] / results["hf_warm"]["tokens_per_s"],
+        "fm9g_vs_tokenizer_ceiling": fm9g_rate / results["tokenizer_ceiling"]["tokens_per_s"],
+        **{f"fm9g_vs_{key}": fm9g_rate / results[key]["tokens_per_s"] for key in hf_keys},
+        "best_hf": best_hf,
+        "fm9g_vs_best_hf": fm9g_rate / results[best_hf]["tokens_per_s"],
+        "fm9g_workers2_vs_best_hf": results["fm9g_workers2"]["tokens_per_s"] / results[best_hf]["tokens_per_s"],
+        **{f"materialized_vs_hf_arrow_{key}": results["materialized_read"]["tokens_per_s"] / read["tokens_per_s"]
+           for key, read in results["hf_materialized_read"].items()},
     }
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
