@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 NAME = "train"
@@ -61,6 +63,25 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _launch(command: list[str]) -> int:
+    """Run torchrun and return its exit status. torchrun starts its workers in sessions of their own,
+    so only torchrun can stop them: a SIGTERM to fm9g (``kill``, Slurm, a container stop) is passed on
+    to it and fm9g waits while it stops them (SIGTERM, then SIGKILL after its shutdown timeout).
+    Ctrl-C reaches torchrun through the terminal's process group, so fm9g ignores SIGINT meanwhile
+    (passing it on too would interrupt torchrun's shutdown). ``subprocess.call`` would SIGKILL
+    torchrun on an interrupt and leave the workers training."""
+    process = subprocess.Popen(command)
+    if threading.current_thread() is not threading.main_thread():
+        return process.wait()
+    handlers = {signal.SIGTERM: lambda signum, frame: process.send_signal(signum), signal.SIGINT: signal.SIG_IGN}
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
+    try:
+        return process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 CONTINUITY_KEYS = ("data", "model", "tokenizer", "seed", "batch_size", "max_length", "delta")
 """Train config keys whose change makes a resumed run another run (other data, packing or model);
 changing the others (train_iters, lr, save, ...) is an ordinary continuation — grad_accum included,
@@ -103,7 +124,7 @@ def _resume_point(resume: str | None, config: dict, out, *, allow_change: bool):
 
 def run(args: argparse.Namespace) -> int:
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
-        return subprocess.call(_torchrun_command(args))
+        return _launch(_torchrun_command(args))
 
     from fm9g.backends.training.config import check_references, load_train_config
     from fm9g.backends.training.run import RunContext
