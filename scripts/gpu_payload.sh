@@ -3,7 +3,8 @@
 # ignores, for the device tool to carry (carry: [".whl", ".benchdata"]):
 #   .whl/        wheels of fm9g's dependencies missing there (jsonschema, tensorboardX, orjson, PyYAML),
 #                OpenDelta 0.3.2 and what `import opendelta` loads, Liger Kernel 0.8.5 (Triton is
-#                there with torch), and the BMTrain 1.0.1 sdist
+#                there with torch), torchao 0.17.0 (model.fp8, adamw_8bit; the release built against
+#                torch 2.11, the GPU machine's), and the BMTrain 1.0.1 sdist
 #                (tests/gpu/run.sh installs the wheels and builds BMTrain with `fm9g install-bmtrain`);
 #   .benchdata/  the make_corpus `small` corpus (pretrain.txt too: benchmarks/search_bench.py indexes it)
 #                for benchmarks/train_bench.py and search_bench.py (wordfreq is not there).
@@ -17,7 +18,8 @@ mkdir -p .whl
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   jsonschema==4.26.0 jsonschema-specifications referencing rpds-py tensorboardX==2.6.5 orjson \
-  opendelta==0.3.2 web.py cheroot jaraco.functools more-itertools multipart liger-kernel==0.8.5 pyyaml
+  opendelta==0.3.2 web.py cheroot jaraco.functools more-itertools multipart liger-kernel==0.8.5 pyyaml \
+  torchao==0.17.0
 python -m pip download -q --no-deps --no-binary :all: --no-build-isolation bmtrain==1.0.1 -d .whl
 if [ ! -f .benchdata/corpus-small/pretrain.txt ]; then
   shared="${FM9G_MAKE_CORPUS_DIR:-$(cd .. && pwd)/shared/bench}"

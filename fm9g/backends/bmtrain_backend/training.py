@@ -68,6 +68,10 @@ class BmtrainStrategy:
     name = "bmtrain"
 
     def __init__(self, config: dict[str, Any]):
+        torch_only = [key for key in ("compile", "fp8") if config["model"][key]]
+        if torch_only:
+            raise Fm9gError(f"model.{torch_only[0]} applies to the torch backend only",
+                            where=f"train config: model.{torch_only[0]}", fix=f"use backend 'torch', or drop model.{torch_only[0]}")
         self.bmt = import_bmtrain()
         init_bmtrain(self.bmt, config["seed"])
         self.collectives = BmtCollectives(self.bmt)

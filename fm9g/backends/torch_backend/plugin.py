@@ -20,6 +20,9 @@ OPTIONS_SCHEMA = {
         "fused_adamw": {"type": "boolean", "default": True, "description": "fused AdamW kernel on one CUDA GPU"},
         "deterministic": {"type": ["boolean", "null"], "default": None,
                           "description": "torch.use_deterministic_algorithms; null: on CPU only"},
+        "optimizer": {"enum": ["adamw", "adamw_8bit"], "default": "adamw",
+                      "description": "adamw: torch AdamW; adamw_8bit: torchao AdamW8bit, 8-bit moments (a quarter of "
+                                     "AdamW's state memory), one CUDA GPU, pip install 'fm9g[fp8]'"},
     },
     "additionalProperties": False,
 }

@@ -7,7 +7,10 @@
 * Several processes: ``fully_shard`` on every decoder layer and then the root (FSDP2), gloo on CPU
   and NCCL on GPUs. Rank r trains on global batches b ≡ r (mod W). Checkpoints hold full
   (unsharded) tensors, so a run can resume with another world size.
-* AdamW (betas 0.9/0.95, eps 1e-8, the config's weight decay) on trainable parameters only.
+* AdamW (betas 0.9/0.95, eps 1e-8, the config's weight decay) on trainable parameters only, or
+  torchao's AdamW8bit with the same settings (``backend_options.optimizer: adamw_8bit``).
+* ``model.fp8`` (float8 linear layers) and ``model.compile`` (each decoder layer compiled): see
+  :mod:`fm9g.backends.torch_backend.speed`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fm9g.backends.torch_backend import speed
 from fm9g.backends.training import run
 from fm9g.backends.training.collectives import TorchDistributed
 from fm9g.backends.training.loop import TorchOptimization
@@ -76,6 +80,7 @@ class TorchStrategy:
         deterministic = config["backend_options"]["deterministic"]
         if deterministic or (deterministic is None and self.device.type == "cpu"):
             torch.use_deterministic_algorithms(True, warn_only=True)
+        speed.check_speed_options(config, self.device, self.collectives.world_size)
 
     def base_dtype(self, config: dict[str, Any]) -> torch.dtype:
         return frozen_dtype(config, self.device)
@@ -86,8 +91,12 @@ class TorchStrategy:
     def setup_model(self, built: TrainingModel, config: dict[str, Any]) -> torch.nn.Module:
         model = built.model
         set_dtypes(model, config, self.device)
+        if config["model"]["fp8"]:
+            speed.convert_to_fp8(model)
         if config["use_checkpoint"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config["model"]["compile"]:
+            speed.compile_layers(model)
         if self.collectives.world_size > 1:
             model = shard_model(model, self.device)
         model.train()
@@ -97,21 +106,31 @@ class TorchStrategy:
         trainable = [p for p in model.parameters() if p.requires_grad]
         fused = (self.device.type == "cuda" and self.collectives.world_size == 1
                  and config["backend_options"]["fused_adamw"])
-        optimizer = torch.optim.AdamW(trainable, lr=config["lr"], betas=(0.9, 0.95), eps=1e-8,
-                                      weight_decay=config["weight_decay"], fused=fused or None)
+        optimizer = speed.make_optimizer(trainable, config, fused=fused)
+        if config["backend_options"]["optimizer"] == "adamw_8bit":
+            return speed.TensorLrOptimization(model, optimizer)
         return TorchOptimization(model, optimizer)
 
     def restore_optimizer(self, optimization: TorchOptimization, resume: ResumePoint) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(optimization.model, optimization.optimizer, resume.torch_optimizer_state(),
+        state, packed = speed.split_packed_state(resume.torch_optimizer_state())
+        set_optimizer_state_dict(optimization.model, optimization.optimizer, state,
                                  options=_state_options(full_state_dict=True))
+        if isinstance(optimization, speed.TensorLrOptimization):
+            speed.requantize_state(optimization.optimizer, dict(optimization.model.named_parameters()), packed)
 
     def describe(self, config: dict[str, Any]) -> run.RunDescription:
         autocast = torch.bfloat16 if self.device.type == "cuda" and config["model"]["dtype"] == "auto" else None
         precision = "bf16 autocast, fp32 master" if autocast else config["model"]["dtype"].replace("auto", "float32")
+        if config["model"]["fp8"]:
+            precision += ", float8 rowwise linear layers (torchao)"
         notes = ([f"'offload' applies to the bmtrain backend; torch keeps optimizer state on {self.device.type}"]
                  if config["offload"] else [])
+        if config["model"]["compile"]:
+            notes.append("model.compile: each decoder layer runs torch.compile'd (the first steps compile)")
+        if config["backend_options"]["optimizer"] == "adamw_8bit":
+            notes.append("optimizer: torchao AdamW8bit (8-bit moments; checkpoints hold them as float32 and as codes)")
         return run.RunDescription(str(self.device), precision, autocast, notes)
 
     def gather_weights(self, model: torch.nn.Module, optimization: TorchOptimization, *,
@@ -127,7 +146,9 @@ class TorchStrategy:
 
         state = get_optimizer_state_dict(model, optimization.optimizer, options=_state_options(
             full_state_dict=True, cpu_offload=True))
-        return state if self.collectives.is_main else None
+        if not self.collectives.is_main:
+            return None
+        return speed.savable_state(state) if isinstance(optimization, speed.TensorLrOptimization) else state
 
 
 def train(config: dict[str, Any], context: run.RunContext) -> dict[str, Any]:
