@@ -2,10 +2,10 @@
 user of transformers would train it, on the same samples as fm9g.
 
 * ``hf`` — HF Trainer's default: batches of ``hf_batch`` samples padded to the longest, SDPA.
-* ``hf-packed`` — padding-free packing as ``DataCollatorWithFlattening`` produces it: each of fm9g's
-  packed batches flattened into one row, ``position_ids`` restarting at 0 per sample, no attention
-  mask (transformers builds the block-diagonal mask, or the varlen call, from the position ids),
-  labels −100 at each sample's first position; SDPA.
+* ``hf-packed`` — padding-free packing, the layout ``DataCollatorWithFlattening`` produces, on
+  fm9g's own packed rows (``batch_size × max_length``): ``position_ids`` restarting at 0 per
+  sample, no attention mask (transformers builds the block-diagonal mask from the position ids);
+  SDPA.
 * ``hf-flex`` / ``hf-fa2`` — the same rows with ``flex_attention`` / ``flash_attention_2`` (the
   latter only where ``flash_attn`` imports).
 * ``-liger`` — plus Liger Kernel on the instance: RMSNorm, RoPE, SwiGLU and its fused linear
@@ -63,20 +63,23 @@ def padded_batches(samples, batch: int, pad_id: int, device) -> list[dict]:
     return out
 
 
-def flattened_batches(batches: list, device) -> list[dict]:
-    """Each packed batch as ``DataCollatorWithFlattening`` would give it: one row of all its samples,
-    positions restarting per sample, labels shifted the transformers way.
+def packed_hf_batches(batches: list, rows: int, device) -> list[dict]:
+    """fm9g's packed rows handed to transformers padding-free: ``input_ids`` and ``position_ids``
+    restarting at 0 per sample, no attention mask, labels shifted the transformers way.
 
     fm9g's targets are pre-shifted (``targets[i]`` follows token i), so transformers' labels are the
-    targets moved one to the right: the loss of every position is the one fm9g trains, except the
-    last token of the flattened row (its target is the padding tail's −100, or one token a batch).
+    targets moved one to the right: the loss of every position is the one fm9g trains, except each
+    row's last token (its target is the padding tail's −100, or one token a row). fm9g trains each
+    global batch as one row of ``batch_size × max_length``; HF gets it as ``rows`` rows of
+    ``max_length`` (a sample crossing a row end is cut in two there, which only spares HF attention
+    work): one row of 16k tokens sent transformers' flex attention into minutes of recompiling.
     """
     out = []
     for batch in batches:
-        ids = torch.as_tensor(batch.input_ids.reshape(1, -1), dtype=torch.long)
-        positions = torch.as_tensor(batch.position_ids.reshape(1, -1), dtype=torch.long)
-        targets = torch.as_tensor(batch.targets.reshape(1, -1), dtype=torch.long)
-        labels = torch.cat([torch.full((1, 1), -100, dtype=torch.long), targets[:, :-1]], dim=1)
+        ids = torch.as_tensor(batch.input_ids, dtype=torch.long).reshape(rows, -1)
+        positions = torch.as_tensor(batch.position_ids, dtype=torch.long).reshape(ids.shape)
+        targets = torch.as_tensor(batch.targets, dtype=torch.long).reshape(ids.shape)
+        labels = torch.cat([torch.full((ids.shape[0], 1), -100, dtype=torch.long), targets[:, :-1]], dim=1)
         cu = batch.cu_seqlens.tolist()
         lengths = [end - begin for begin, end in zip(cu, cu[1:])]
         out.append({"input_ids": ids.to(device), "position_ids": positions.to(device), "labels": labels.to(device),

@@ -50,12 +50,13 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 
-from hf_sides import HF_SIDES, flattened_batches, padded_batches, run_hf, unavailable
+from hf_sides import HF_SIDES, packed_hf_batches, padded_batches, run_hf, unavailable
 from train_sides import MODIFIERS, peak_gib, reset_memory, run_bmtrain, run_fm9g, split_side
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -186,6 +187,10 @@ def _bmtrain_available() -> str | None:
     return None
 
 
+def _row_timed_out(signum, frame):
+    raise TimeoutError("the row ran past --row-timeout")
+
+
 def _known_side(scenario: dict, side: str) -> bool:
     """A scenario's side, or an fm9g side of it with modifiers (``torch+liger+chunk``)."""
     if side in scenario["sides"]:
@@ -197,11 +202,11 @@ def _known_side(scenario: dict, side: str) -> bool:
 
 def _order(side: str) -> tuple[int, int]:
     """HF sides without Liger first (Liger patches transformers' RoPE function for the whole process,
-    and these baselines must run on transformers' own layers), then HF with Liger, the torch sides,
-    BMTrain last (``bmt.init_distributed`` turns cuDNN off for the process)."""
+    and these baselines must run on transformers' own layers), then the torch sides, HF with Liger
+    (patched either way), BMTrain last (``bmt.init_distributed`` turns cuDNN off for the process)."""
     if side in HF_SIDES:
-        return (0 if "-liger" not in side else 1, HF_SIDES.index(side))
-    return (3 if split_side(side)[0] in BMTRAIN_SIDES else 2, 0)
+        return (0 if "-liger" not in side else 2, HF_SIDES.index(side))
+    return (3 if split_side(side)[0] in BMTRAIN_SIDES else 1, 0)
 
 
 def _plan(args, scenarios) -> list[tuple[str, str]]:
@@ -272,10 +277,13 @@ def main() -> int:
                         help="fm9g sides: the train config's model.kernels (liger: fused RMSNorm/RoPE/SwiGLU, CUDA)")
     parser.add_argument("--no-eval", action="store_true",
                         help="torch side: skip timing held-out evaluation (fm9g's Evaluator) after training")
+    parser.add_argument("--row-timeout", type=int, default=0,
+                        help="seconds one row may take before it is recorded as failed and the next runs (0: no limit)")
     parser.add_argument("--profile", action="store_true", help="fm9g sides: time one step's phases and list its top kernels")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H200: 989)")
     parser.add_argument("--output", help="write the results as JSON here (default: $OUT/train_bench.json if OUT is set)")
     args = parser.parse_args()
+    signal.signal(signal.SIGALRM, _row_timed_out)
     args.sweep = [(int(a), None if b == "all" else int(b))
                   for a, b in (point.split(":") for point in args.sweep.split(",") if point)]
 
@@ -321,12 +329,13 @@ def main() -> int:
             rows.append(dict(scenario=name, side=side, skipped=missing))
             continue
         print(f"[{name}:{side}] running ...", flush=True)
+        signal.alarm(args.row_timeout)
         try:
             if side == "hf":
                 hf_warmup = min(max(1, round(warmup * args.grad_accum * len(padded) / len(batches))), len(padded) - 1)
                 result = run_hf(side, scenario, padded, device, hf_warmup, use_checkpoint, vocab_size)
             elif side in HF_SIDES:
-                result = run_hf(side, scenario, flattened_batches(batches, device), device, warmup, use_checkpoint,
+                result = run_hf(side, scenario, packed_hf_batches(batches, scenario["batch_size"], device), device, warmup, use_checkpoint,
                                 vocab_size)
             else:
                 rows_in = full_rows(batches) if base.endswith("-rows") else batches
@@ -342,6 +351,8 @@ def main() -> int:
             rows.append(dict(scenario=name, side=side, error=f"{type(error).__name__}: {str(error)[:400]}",
                              peak_gib=peak_gib(device)))
             reset_memory(device)
+        finally:
+            signal.alarm(0)
         done = rows[-1]
         if "useful_tokens_per_s" in done:
             print(f"[{name}:{side}] {done['useful_tokens_per_s']:,.0f} useful tokens/s, MFU {100 * done['mfu']:.1f}%, "
