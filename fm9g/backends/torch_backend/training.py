@@ -43,7 +43,7 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if device.type == "cuda" else MixedPrecisionPolicy())
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    layers = speed.decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
