@@ -3,8 +3,8 @@ the proposed mixture against the uniform and the natural (size-proportional) one
 
 Usage (the GPU run BENCHMARKS.md quotes; every ``fm9g train`` picks CUDA when it is there)::
 
-    python benchmarks/search_bench.py --work bench-search --corpus .benchdata/corpus-small --runs 24 \\
-        --parallel 8 --proxy-steps 100 --full-steps 500 --output OUT/search_bench.json
+    python benchmarks/search_bench.py --work bench-search --corpus .benchdata/corpus-small --runs 16 --refine 8 \\
+        --model small-llama --lr 1e-3 --parallel 8 --proxy-steps 100 --full-steps 500 --output OUT/search_bench.json
 
 Data: a make_corpus output (``--corpus``; generated into ``WORK/corpus-SCALE`` when not given, which
 needs ``wordfreq``): its pretrain paragraphs, alpaca_zh and medical_o1 records (question → response),
@@ -16,7 +16,7 @@ The target is the mean held-out loss of the two instruction sets (``alpaca:0.5,m
 pretrain is related text (the same languages, more of it) whose best share is not obvious.
 
 Steps: ``fm9g mix search`` (real ``fm9g train`` proxies of ``--proxy-steps``, ``--parallel`` at a
-time, plus the ``--confirm`` run), the fit's rank correlation for every installed regressor
+time, ``--refine`` more around the first proposal, plus the ``--confirm`` run), the fit's rank correlation for every installed regressor
 (LightGBM is skipped, with a note, where it is not installed), then three full runs of
 ``--full-steps`` with the uniform, the natural and the proposed weights (``--parallel`` at a time),
 each scored on the same target from its last held-out evaluation. Beside ``--output`` (the JSON)
@@ -186,14 +186,20 @@ def device_name() -> str:
 def summary_lines(summary: dict, report: dict) -> list[str]:
     """The evidence as Markdown: fit quality, best proxy, confirm, and the full runs' table."""
     tasks, full = report["tasks"], summary["full"]
-    lines = [f"device {summary['device']}; proxies: {summary['runs']} × {summary['proxy_steps']} steps "
+    lines = [f"device {summary['device']}; model {summary['model']}, lr {summary['lr']:g}; proxies: {summary['runs']} + "
+             f"{summary['refine']} refine × {summary['proxy_steps']} steps "
              f"({summary['proxy_tokens']:,} tokens); full runs: {summary['full_steps']} steps "
              f"({summary['full_tokens']:,} tokens)", ""]
     for name, fit in summary["fit"].items():
         lines.append(f"- fit {name}: " + (f"skipped ({fit['skipped']})" if "skipped" in fit else
                                           f"Spearman ρ {fit['spearman']:.3f} on held-out runs ({fit['folds']}-fold, "
                                           f"p {fit['p_value']:.2g})"))
-    lines.append(f"- best of the {summary['runs']} proxies: {report['best_run']['run']} "
+    if summary.get("first_proposal"):
+        first = summary["first_proposal"]
+        lines.append(f"- first proposal (from the {summary['runs']} runs): "
+                     + " / ".join(f"{first['weights'][task]:.3f}" for task in tasks)
+                     + f", predicted {first['predicted']:.4f}; then {summary['refine']} runs around it")
+    lines.append(f"- best of the {len(report['runs'])} proxies: {report['best_run']['run']} "
                  f"{report['best_run']['target']:.4f}")
     if summary.get("confirm"):
         lines.append(f"- proposal at proxy size: predicted {summary['confirm']['predicted']:.4f}, measured "
@@ -219,6 +225,8 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, help="a make_corpus output (default: WORK/corpus-SCALE, generated)")
     parser.add_argument("--scale", default="small", choices=["tiny", "small"])
     parser.add_argument("--runs", type=int, default=24)
+    parser.add_argument("--refine", type=int, default=8,
+                        help="proxy runs drawn around the first proposal before the final fit (fm9g mix search --refine)")
     parser.add_argument("--parallel", type=int, default=8, help="proxy (and full) runs at a time")
     parser.add_argument("--proxy-steps", type=int, default=100)
     parser.add_argument("--full-steps", type=int, default=500)
@@ -241,7 +249,8 @@ def main() -> int:
     step_tokens = args.batch_size * args.max_length
     train_config(work, "proxy", manifest, args.proxy_steps, args)
     fm9g("mix", "search", "--manifest", str(manifest), "--proxy", "proxy.json", "--target", TARGET, "--runs",
-         str(args.runs), "--parallel", str(args.parallel), "--output", "search", "--confirm", "--force",
+         str(args.runs), "--refine", str(args.refine), "--parallel", str(args.parallel), "--output", "search",
+         "--confirm", "--force",
          "--budget-tokens", str(args.full_steps * step_tokens), cwd=work)
     search_done = time.perf_counter()
     report = json.loads((work / "search" / "search_report.json").read_text())
@@ -256,7 +265,8 @@ def main() -> int:
         result["epochs"] = {task: result["weights"][task] * args.full_steps * step_tokens / epoch_tokens[task]
                             for task in tasks}
     finished = time.perf_counter()
-    summary = {"target": TARGET, "device": device_name(), "model": args.model, "runs": args.runs,
+    summary = {"target": TARGET, "device": device_name(), "model": args.model, "runs": args.runs, "refine": args.refine,
+               "first_proposal": report.get("first_proposal"), "lr": args.lr,
                "parallel": args.parallel, "proxy_steps": args.proxy_steps, "full_steps": args.full_steps,
                "proxy_tokens": args.proxy_steps * step_tokens, "full_tokens": args.full_steps * step_tokens,
                "batch_size": args.batch_size, "max_length": args.max_length, "max_epochs": args.max_epochs,

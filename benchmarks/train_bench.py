@@ -33,8 +33,9 @@ LoRA with a frozen base — N without the untied input embedding, a lookup — p
 not counted; fp8 rows are measured against the same bf16 peak), peak GPU memory.
 
 Knobs for the fm9g sides: ``--kernels liger`` (``model.kernels`` for every fm9g side), ``--grad-accum K``
-(K rows per optimizer step), ``--checkpoint-blocks N`` (bmtrain: only the first N blocks recompute),
-``--sweep K:N,K:N`` (bmtrain: several such points on one model, in order, stopping at the first that
+(K rows per optimizer step), ``--checkpoint-blocks N`` (with checkpointing: only the first N blocks
+recompute, ``backend_options.checkpoint_blocks`` of either backend),
+``--sweep K:N,K:N`` (several such points on one model, in order, stopping at the first that
 runs out of memory), ``--profile`` (the step's phases and its top CUDA kernels).
 
     python benchmarks/train_bench.py --scenarios full         # GPU: every side of the 1.1B scenario
@@ -269,9 +270,9 @@ def main() -> int:
                         help="activation checkpointing on every side (full7b always checkpoints)")
     parser.add_argument("--grad-accum", type=int, default=1, help="fm9g sides: packed rows per optimizer step")
     parser.add_argument("--checkpoint-blocks", type=int, default=None,
-                        help="bmtrain sides with checkpointing: only the first N blocks recompute (default: all)")
+                        help="fm9g sides with checkpointing: only the first N blocks recompute (default: all)")
     parser.add_argument("--sweep", default="",
-                        help="bmtrain sides: comma list of ACCUM:BLOCKS points (BLOCKS 'all' or a count) run on one "
+                        help="fm9g sides: comma list of ACCUM:BLOCKS points (BLOCKS 'all' or a count) run on one "
                              "model in order; order them by growing memory (the first out-of-memory point ends it)")
     parser.add_argument("--kernels", choices=("hf", "liger"), default="hf",
                         help="fm9g sides: the train config's model.kernels (liger: fused RMSNorm/RoPE/SwiGLU, CUDA)")

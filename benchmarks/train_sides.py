@@ -161,7 +161,7 @@ def bench_config(backend: str, modifiers: list[str], scenario: dict, use_checkpo
               "lr": 1e-5, "weight_decay": 0.1, "clip_grad": 1.0, "seed": 0, "use_checkpoint": use_checkpoint,
               "batch_size": scenario["batch_size"], "max_length": scenario["max_length"],
               "save": str(Path(knobs.work) / "bench-save"),  # named only: build_side writes nothing there
-              "backend_options": {"checkpoint_blocks": knobs.checkpoint_blocks} if backend == "bmtrain" else {}}
+              "backend_options": {"checkpoint_blocks": knobs.checkpoint_blocks}}
     for modifier in modifiers:
         section, key, value = MODIFIERS[modifier]
         config[section][key] = value
@@ -189,30 +189,57 @@ def build_side(strategy, config: dict, vocab_size: int):
 
 
 def run_fm9g(side, scenario, batches, device, warmup, use_checkpoint, vocab_size, knobs):
-    """The torch backend (``TorchStrategy``) with the side's modifiers, through the loop's ``Trainer``."""
+    """The torch backend (``TorchStrategy``) with the side's modifiers, through the loop's ``Trainer``;
+    one result per ``--sweep`` point (one point without it)."""
+    from fm9g.backends.torch_backend import speed
     from fm9g.backends.torch_backend.training import TorchStrategy
-    from fm9g.backends.training.batches import to_device
 
     reset_memory(device)
     config = bench_config("torch", split_side(side)[1], scenario, use_checkpoint, vocab_size, knobs)
     strategy = TorchStrategy(config)
     trainer, params, flops_n = build_side(strategy, config, vocab_size)
 
-    def step(group, optimization=None):
-        stepper = trainer if optimization is None else dataclasses.replace(trainer, optimization=optimization)
+    def set_blocks(blocks):
+        return speed.enable_checkpointing(trainer.model, blocks) if use_checkpoint else 0
+
+    results = sweep(trainer, batches, device, warmup, use_checkpoint, knobs, set_blocks,
+                    dict(params=params, flop_params=flops_n), side)
+    if getattr(knobs, "manifest", None) and "error" not in results[-1]:
+        results[-1]["eval"] = time_evaluation(trainer.model, knobs.manifest, scenario, device, trainer.autocast_dtype,
+                                              target_tokens=max(results[-1]["useful"], 1))
+    return results if knobs.sweep else results[0]
+
+
+def sweep(trainer, batches, device, warmup, use_checkpoint, knobs, set_blocks, extra: dict, side: str) -> list[dict]:
+    """Time ``trainer`` at each ``--sweep`` point (rows per optimizer step, blocks that recompute; the
+    one point of ``--grad-accum``/``--checkpoint-blocks`` without it), in order, stopping at the first
+    that runs out of memory; ``set_blocks(N)`` switches checkpointing to the first N blocks."""
+    from fm9g.backends.training.batches import to_device
+
+    def step(group, timed_optimization=None):
+        stepper = trainer if timed_optimization is None else dataclasses.replace(trainer, optimization=timed_optimization)
         stepper.step([to_device(b, device) for b in group], lr=1e-5)
         return _row_counts(group)
 
-    groups = grouped(batches, knobs.grad_accum)
-    result = timed(step, groups, warmup, device)
-    result.update(peak_gib=peak_gib(device), params=params, flop_params=flops_n)
-    if knobs.profile:
-        _profile(step, trainer.optimization, groups[-1], device, side)
-    if getattr(knobs, "manifest", None):
-        autocast = trainer.autocast_dtype
-        result["eval"] = time_evaluation(trainer.model, knobs.manifest, scenario, device, autocast,
-                                         target_tokens=max(result["useful"], 1))
-    return result
+    results = []
+    for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
+        label = f"accum={accumulation},ckpt={'off' if not use_checkpoint else 'all' if blocks is None else blocks}"
+        count = set_blocks(blocks)
+        groups = grouped(batches, accumulation)
+        reset_memory(device)
+        try:
+            result = timed(step, groups, warmup, device)
+        except torch.OutOfMemoryError as error:
+            print(f"  [{side} {label}] out of memory ({str(error)[:120]}); the sweep stops here", flush=True)
+            results.append(dict(label=label, error=f"OutOfMemoryError at {label}", peak_gib=peak_gib(device)))
+            break
+        result.update(peak_gib=peak_gib(device), label=label, **extra)
+        results.append(result)
+        print(f"  [{side} {label}] {result['useful'] / result['seconds']:,.0f} useful tokens/s "
+              f"({count} blocks recompute), peak {result['peak_gib']:.1f} GiB", flush=True)
+        if knobs.profile:
+            _profile(step, trainer.optimization, groups[-1], device, label, kernels=len(results) == 1)
+    return results
 
 
 def time_evaluation(model, manifest, scenario, device, autocast, *, target_tokens: int) -> dict:
@@ -250,7 +277,6 @@ def run_bmtrain(side, scenario, batches, device, warmup, use_checkpoint, vocab_s
     """The bmtrain backend (``BmtrainStrategy``: ZeRO-3 blocks, ``BmtOptimization``) through the loop's
     ``Trainer``; one result per ``--sweep`` point (one point without it)."""
     from fm9g.backends.bmtrain_backend.training import BmtrainStrategy, set_block_checkpointing
-    from fm9g.backends.training.batches import to_device
 
     config = bench_config("bmtrain", split_side(side)[1], scenario, use_checkpoint, vocab_size, knobs)
     strategy = BmtrainStrategy(config)
@@ -260,27 +286,9 @@ def run_bmtrain(side, scenario, batches, device, warmup, use_checkpoint, vocab_s
     trainer, params, flops_n = build_side(strategy, config, vocab_size)
     print(f"  bmtrain: model built on the GPU and wrapped in {time.perf_counter() - started:.1f} s", flush=True)
 
-    def step(group, timed_optimization=None):
-        stepper = trainer if timed_optimization is None else dataclasses.replace(trainer, optimization=timed_optimization)
-        stepper.step([to_device(b, device) for b in group], lr=1e-5)
-        return _row_counts(group)
+    def set_blocks(blocks):
+        return set_block_checkpointing(trainer.model, strategy.bmt.Block, use_checkpoint, blocks)
 
-    results = []
-    for accumulation, blocks in knobs.sweep or [(knobs.grad_accum, knobs.checkpoint_blocks)]:
-        label = f"accum={accumulation},ckpt={'off' if not use_checkpoint else 'all' if blocks is None else blocks}"
-        count = set_block_checkpointing(trainer.model, strategy.bmt.Block, use_checkpoint, blocks)
-        groups = grouped(batches, accumulation)
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            result = timed(step, groups, warmup, device)
-        except torch.OutOfMemoryError as error:
-            print(f"  [{label}] out of memory ({str(error)[:120]}); the sweep stops here", flush=True)
-            results.append(dict(label=label, error=f"OutOfMemoryError at {label}", peak_gib=peak_gib(device)))
-            break
-        result.update(peak_gib=peak_gib(device), params=params, flop_params=flops_n, label=label)
-        results.append(result)
-        print(f"  [{label}] {result['useful'] / result['seconds']:,.0f} useful tokens/s "
-              f"({count} blocks), peak {result['peak_gib']:.1f} GiB", flush=True)
-        if knobs.profile:
-            _profile(step, trainer.optimization, groups[-1], device, label, kernels=len(results) == 1)
+    results = sweep(trainer, batches, device, warmup, use_checkpoint, knobs, set_blocks,
+                    dict(params=params, flop_params=flops_n), side)
     return results if knobs.sweep else results[0]

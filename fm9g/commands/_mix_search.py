@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "suits hundreds)")
     parser.add_argument("--candidates", type=int, default=100_000, metavar="N",
                         help="candidate mixtures the fit scores to find the proposal (default 100,000)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="after the K runs, train N more drawn around the first proposal, then fit and propose "
+                             "again on all K+N (default 0)")
+    parser.add_argument("--refine-concentration", type=float, default=20.0, metavar="C",
+                        help="how close the --refine runs stay to the first proposal: Dirichlet(C × tasks × "
+                             "proposal) (default 20)")
     parser.add_argument("--budget-tokens", type=int, metavar="N",
                         help="check max_epochs/allow_repeat against N tokens (the full run's) instead of the proxy's "
                              "train_iters × grad_accum × batch_size × max_length")
@@ -68,6 +74,10 @@ def _print_report(report: dict, console) -> None:
     console.print("proposal: " + ", ".join(f"{task} {proposal['weights'][task]:.3f}" for task in tasks)
                   + f" — predicted {proposal['predicted']:.4f} (best run {report['best_run']['run']}: "
                     f"{report['best_run']['target']:.4f})")
+    if report.get("first_proposal"):
+        first = report["first_proposal"]
+        console.print("  before --refine: " + ", ".join(f"{task} {first['weights'][task]:.3f}" for task in tasks)
+                      + f" — predicted {first['predicted']:.4f}")
     for label, baseline in report["baselines"].items():
         note = "" if baseline["feasible"] else " (outside the bounds)"
         console.print(f"  {label}: predicted {baseline['predicted']:.4f}{note}")
@@ -91,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         manifest=Path(args.manifest), proxy=Path(args.proxy), target=args.target, runs=args.runs,
         output=Path(args.output), seed=args.seed, concentration=args.concentration, min_share=args.min_share,
         max_share=args.max_share, parallel=args.parallel, regressor=args.regressor, confirm=args.confirm,
-        candidates=args.candidates, budget_tokens=args.budget_tokens,
+        candidates=args.candidates, budget_tokens=args.budget_tokens, refine=args.refine,
+        refine_concentration=args.refine_concentration,
         output_manifest=Path(args.output_manifest) if args.output_manifest else None,
         plot=Path(args.plot) if args.plot else None, trust_scripts=args.trust_scripts, force=args.force)
 

@@ -16,13 +16,20 @@ its piecewise-constant fit ranks held-out runs worse (BENCHMARKS.md compares the
 
 Fit quality is the Spearman rank correlation between measured losses and k-fold out-of-fold
 predictions (each run predicted by a fit that did not see it): the proposal only needs the fit to
-*order* mixtures correctly. The proposal, as RegMix's: predict many candidate vectors drawn inside
-the bounds (around the manifest's shares and uniformly over the simplex), and average the ones with
-the lowest predictions (a mean of feasible vectors is feasible: the bounds are a convex box).
+*order* mixtures correctly. The proposal, as RegMix's: predict many candidate vectors drawn the way
+the runs were (around the manifest's shares, and around the first proposal for a refined search),
+and average the ones with the lowest predictions. Candidates are kept inside the sampled region —
+each task's share between the smallest and the largest any measured run had — because a fit from
+tens of runs says nothing beyond them: the log-linear fit keeps falling towards a share of 0 or 1
+for as long as it is asked to, and an argmin there is extrapolation (on the bench corpus it put a
+target task at 0.1 % and lost to the uniform mixture). The bounds and the region are boxes, so
+their intersection is convex and a mean of candidates inside it stays inside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -99,17 +106,32 @@ def fit(name: str, weights: np.ndarray, losses: np.ndarray, *, seed: int) -> Any
     return make_regressor(name, seed).fit(weights, losses)
 
 
-def propose(model: Any, space: SearchSpace, *, seed: int, concentration: float, candidates: int = 100_000,
+def sampled_region(space: SearchSpace, sampled: np.ndarray) -> SearchSpace:
+    """``space`` with each task's bounds narrowed to the range of its share over the ``sampled`` runs."""
+    return replace(space, lower=np.maximum(space.lower, sampled.min(axis=0)),
+                   upper=np.minimum(space.upper, sampled.max(axis=0)))
+
+
+def propose(model: Any, space: SearchSpace, *, sampled: np.ndarray, seed: int, concentration: float,
+            centers: Sequence[np.ndarray] = (), center_concentration: float = 20.0, candidates: int = 100_000,
             top: int = 100) -> dict[str, Any]:
-    """The mean of the ``top`` candidates with the lowest prediction, and its own prediction."""
-    around = draw_weights(space, candidates // 2, seed=seed + 1, concentration=concentration)
-    uniform = draw_weights(space, candidates - candidates // 2, seed=seed + 2, concentration=1.0,
-                           center=np.full(len(space.task_names), 1.0 / len(space.task_names)))
-    pool = np.concatenate([around, uniform])
+    """The mean of the ``top`` candidates with the lowest prediction inside the region ``sampled``
+    spans, and its own prediction. Candidates are Dirichlet draws around the manifest's shares (with
+    the runs' ``concentration``) and, in equal parts, around each of ``centers`` (with
+    ``center_concentration``); the measured runs themselves are candidates too, so the region is
+    never empty of them."""
+    region = sampled_region(space, sampled)
+    parts = 1 + len(centers)
+    pools = [draw_weights(space, candidates // parts, seed=seed + 1, concentration=concentration)]
+    pools += [draw_weights(space, candidates // parts, seed=seed + 2 + i, concentration=center_concentration,
+                           center=np.asarray(center)) for i, center in enumerate(centers)]
+    pool = np.concatenate(pools)
+    pool = np.concatenate([pool[region.feasible(pool)], sampled])
     predicted = model.predict(pool)
     best = np.argsort(predicted, kind="stable")[:top]
     proposal = pool[best].mean(axis=0)
     proposal = proposal / proposal.sum()
     return {"shares": proposal.tolist(), "predicted": float(model.predict(proposal[None, :])[0]),
             "best_candidate": pool[best[0]].tolist(), "best_candidate_predicted": float(predicted[best[0]]),
-            "candidates": len(pool), "averaged": len(best)}
+            "candidates": len(pool), "averaged": len(best),
+            "region": {"lower": region.lower.tolist(), "upper": region.upper.tolist()}}

@@ -2,7 +2,10 @@
 
 A search lives in one directory: ``search.json`` (what defines it: manifest, proxy config, target,
 seed, concentration, share bounds — a rerun with other settings is refused unless ``--force``),
-``runs/run-NNN/`` (one per drawn vector, :mod:`fm9g.search.runs`), ``confirm/`` (the proposal's own
+``runs/run-NNN/`` (one per drawn vector, :mod:`fm9g.search.runs`), ``runs/refine-NNN/`` (with
+``--refine N``: N more runs drawn around the first fit's proposal, after which the fit and the
+proposal are redone on all runs — the proposal then rests on measured mixtures near it instead of
+the first fit's extrapolation), ``confirm/`` (the proposal's own
 proxy run with ``--confirm``), ``search_report.json``, ``search.png`` and ``mix.proposed.json``.
 Rerunning a killed search trains only the runs without a completion record; since the draws are
 a function of the seed and the runs are deterministic, it ends with the result an uninterrupted
@@ -58,6 +61,9 @@ class SearchOptions:
     regressor: str = "loglinear"
     confirm: bool = False
     candidates: int = 100_000
+    refine: int = 0
+    """Runs drawn around the first proposal before the final fit."""
+    refine_concentration: float = 20.0
     budget_tokens: int | None = None
     """The tokens the epoch limits are checked against (default: the proxy's budget)."""
     output_manifest: Path | None = None
@@ -98,6 +104,11 @@ class Search:
         regression.check_available(options.regressor)
         if options.budget_tokens is not None and options.budget_tokens < 1:
             raise Fm9gError(f"--budget-tokens must be at least 1, got {options.budget_tokens}", where="--budget-tokens")
+        if options.refine < 0:
+            raise Fm9gError(f"--refine must be 0 or more, got {options.refine}", where="--refine")
+        if options.refine_concentration <= 0:
+            raise Fm9gError(f"--refine-concentration must be positive, got {options.refine_concentration:g}",
+                            where="--refine-concentration", fix="give e.g. 20 (near the first proposal)")
         if options.parallel < 1:
             raise Fm9gError(f"--parallel must be at least 1, got {options.parallel}", where="--parallel")
         self.manifest: Manifest = load_manifest(options.manifest)
@@ -174,30 +185,42 @@ class Search:
                 run.stop()
         return records
 
+    def _measure(self, prefix: str, draws: np.ndarray) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """Records of the runs ``PREFIX-NNN`` for ``draws`` (those finished earlier with the same shares
+        are kept, the rest trained); also the names kept and the names trained."""
+        names, results, pending = self.space.task_names, {}, []
+        for index, shares in enumerate(draws):
+            name, rounded = f"{prefix}-{index:03d}", _rounded(names, shares)
+            record = completed(self.options.output / "runs" / name)
+            if record is not None and record["shares"] == rounded:
+                results[name] = record
+            else:
+                pending.append(ProxyRun(self.options.output / "runs" / name, name=name, shares=rounded))
+        kept = sorted(results)
+        if kept:
+            self.say(f"{len(kept)} of {len(draws)} runs finished earlier ({kept[0]} … {kept[-1]}); "
+                     f"training {len(pending)}")
+        for record in self._train(pending):
+            results[record["run"]] = record
+        return [results[f"{prefix}-{index:03d}"] for index in range(len(draws))], kept, [run.name for run in pending]
+
     def run(self) -> dict[str, Any]:
-        options, names = self.options, self.space.task_names
+        options = self.options
         with _locked(options.output):
             self._check_directory()
             draws = draw_weights(self.space, options.runs, seed=options.seed, concentration=options.concentration)
-            results: dict[str, dict[str, Any]] = {}
-            pending = []
-            for index, shares in enumerate(draws):
-                name, rounded = f"run-{index:03d}", _rounded(names, shares)
-                record = completed(options.output / "runs" / name)
-                if record is not None and record["shares"] == rounded:
-                    results[name] = record
-                else:
-                    pending.append(ProxyRun(options.output / "runs" / name, name=name, shares=rounded))
-            kept = sorted(results)
-            if kept:
-                self.say(f"{len(kept)} of {options.runs} runs finished earlier ({kept[0]} … {kept[-1]}); "
-                         f"training {len(pending)}")
-            for record in self._train(pending):
-                results[record["run"]] = record
-            ordered = [results[f"run-{index:03d}"] for index in range(options.runs)]
-            report = self._fit(ordered)
-            report["trained"] = [run.name for run in pending]
-            report["kept"] = kept
+            records, kept, trained = self._measure("run", draws)
+            report = self._fit(records)
+            if options.refine:
+                first = report["proposal"]
+                center = np.array([first["weights"][name] for name in self.space.task_names])
+                around = draw_weights(self.space, options.refine, seed=options.seed + 100,
+                                      concentration=options.refine_concentration, center=center)
+                refined, refine_kept, refine_trained = self._measure("refine", around)
+                records, kept, trained = records + refined, kept + refine_kept, trained + refine_trained
+                report = self._fit(records, centers=[center])
+                report["first_proposal"] = first
+            report["trained"], report["kept"] = trained, kept
             if options.confirm:
                 report["confirm"] = self._confirm(report["proposal"])
             write_json_atomic(options.output / "search_report.json", report)
@@ -210,13 +233,16 @@ class Search:
             write_json_atomic(options.output / "search_report.json", report)
         return report
 
-    def _fit(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _fit(self, records: list[dict[str, Any]], centers: tuple[np.ndarray, ...] | list[np.ndarray] = ()
+             ) -> dict[str, Any]:
         options, names = self.options, self.space.task_names
         weights = np.array([[record["shares"][name] for name in names] for record in records])
         losses = np.array([record["target"] for record in records])
         quality = regression.rank_correlation(options.regressor, weights, losses, seed=options.seed)
         model = regression.fit(options.regressor, weights, losses, seed=options.seed)
-        proposal = regression.propose(model, self.space, seed=options.seed, concentration=options.concentration,
+        proposal = regression.propose(model, self.space, sampled=weights, seed=options.seed,
+                                      concentration=options.concentration, centers=centers,
+                                      center_concentration=options.refine_concentration,
                                       candidates=options.candidates)
         shares = _rounded(names, np.array(proposal["shares"]))
         baselines = {}
@@ -227,7 +253,8 @@ class Search:
                                 "predicted": float(model.predict(vector[None, :])[0])}
         best = int(np.argmin(losses))
         return {"target": options.target, "tasks": names, "space": self.space.as_json(),
-                "settings": {**self.identity, "runs": options.runs, "regressor": options.regressor},
+                "settings": {**self.identity, "runs": options.runs, "refine": options.refine,
+                             "regressor": options.regressor},
                 "runs": [{"run": record["run"], "weights": record["shares"], "target": record["target"],
                           "tasks": {task: value.get("loss") for task, value in record["evaluation"]["tasks"].items()},
                           "out_of_fold_predicted": predicted, "seconds": record["seconds"]}

@@ -48,15 +48,38 @@ def test_the_proposal_is_the_optimum_and_respects_the_bounds():
     space = synthetic_space()
     weights = draw_weights(space, 16, seed=0, concentration=1.0)
     model = regression.fit("loglinear", weights, synthetic_loss(weights, 0.005), seed=0)
-    proposal = regression.propose(model, space, seed=0, concentration=1.0, candidates=20_000)
+    proposal = regression.propose(model, space, sampled=weights, seed=0, concentration=1.0, candidates=20_000)
     assert np.abs(np.array(proposal["shares"]) - OPTIMUM).max() < 0.05, proposal["shares"]
 
     bounded = synthetic_space(upper=(0.5, 1.0, 1.0))  # the optimum's a = 0.67 is out of bounds: a ≤ 0.5 binds
-    proposal = regression.propose(model, bounded, seed=0, concentration=1.0, candidates=20_000)
+    proposal = regression.propose(model, bounded, sampled=weights, seed=0, concentration=1.0, candidates=20_000)
     shares = np.array(proposal["shares"])
     assert shares[0] <= 0.5 + 1e-9 and shares[0] > 0.45, shares
     assert shares[1] > shares[2]
     assert proposal["predicted"] == pytest.approx(float(model.predict(shares[None, :])[0]))
+
+
+def test_the_proposal_stays_inside_the_region_the_runs_sampled():
+    """Runs that never gave task a more than 0.3 cannot say what a = 0.67 (the true optimum) does: the
+    proposal goes to the edge of what was measured (a ≈ 0.3), not beyond; a refined search's runs
+    near the first proposal let a later proposal move on, up to the new edge."""
+    space = synthetic_space()
+    weights = draw_weights(space, 400, seed=0, concentration=1.0)
+    weights = weights[weights[:, 0] <= 0.3][:16]
+    model = regression.fit("loglinear", weights, synthetic_loss(weights, 0.005), seed=0)
+    proposal = regression.propose(model, space, sampled=weights, seed=0, concentration=1.0, candidates=20_000)
+    edge = weights[:, 0].max()
+    assert proposal["region"]["upper"][0] == pytest.approx(edge)
+    assert edge - 0.06 < proposal["shares"][0] <= edge + 1e-9, (proposal["shares"], edge)
+
+    first = np.array(proposal["shares"])
+    nearby = draw_weights(space, 8, seed=7, concentration=20.0, center=first)
+    assert nearby[:, 0].max() > edge  # the refinement samples past the old edge
+    sampled = np.concatenate([weights, nearby])
+    refit = regression.fit("loglinear", sampled, synthetic_loss(sampled, 0.005), seed=0)
+    moved = regression.propose(refit, space, sampled=sampled, seed=0, concentration=1.0, centers=[first],
+                               candidates=20_000)
+    assert edge < moved["shares"][0] <= sampled[:, 0].max() + 1e-9, moved["shares"]
 
 
 def test_too_few_runs_and_unknown_regressors_are_refused():

@@ -138,3 +138,28 @@ def test_the_epoch_limits_can_be_checked_at_the_full_runs_budget(mixture):
     assert result.returncode == 2, result.stderr
     assert "task 'book' needs a share of at least 0.05 but may have at most 0.01" in result.stderr
     assert "over a budget of 1,000,000 tokens" in result.stderr
+
+
+@pytest.mark.slow
+def test_refine_runs_are_drawn_around_the_first_proposal_and_a_rerun_keeps_them(mixture):
+    refined = search(mixture, "refined", "--refine", "2", "--parallel", "2")
+    assert refined.returncode == 0, refined.stderr
+    got = report(mixture, "refined")
+    assert [run["run"] for run in got["runs"]] == [f"run-{i:03d}" for i in range(RUNS)] + ["refine-000", "refine-001"]
+    first = got["first_proposal"]["weights"]["book"]
+    around = [run["weights"]["book"] for run in got["runs"][RUNS:]]
+    spread = [run["weights"]["book"] for run in got["runs"][:RUNS]]
+    # Dirichlet(20 × 2 × share) around the first proposal: within ±0.2 of it for these runs' seeds,
+    # while the first runs (concentration 1) spread over the bounds
+    assert all(abs(share - first) < 0.2 for share in around), (first, around)
+    assert max(spread) - min(spread) > 0.2, spread
+    assert min(around + [got["proposal"]["weights"]["book"]]) >= 0.2 - 1e-6
+    region = got["proposal"]["region"]
+    book = got["tasks"].index("book")
+    assert region["lower"][book] == pytest.approx(min(spread + around), abs=1e-6)
+
+    again = search(mixture, "refined", "--refine", "2")
+    assert again.returncode == 0, again.stderr
+    assert "2 of 2 runs finished earlier (refine-000 … refine-001); training 0" in again.stderr
+    rerun = report(mixture, "refined")
+    assert rerun["trained"] == [] and rerun["proposal"]["weights"] == got["proposal"]["weights"]

@@ -23,6 +23,9 @@ OPTIONS_SCHEMA = {
         "optimizer": {"enum": ["adamw", "adamw_8bit"], "default": "adamw",
                       "description": "adamw: torch AdamW; adamw_8bit: torchao AdamW8bit, 8-bit moments (a quarter of "
                                      "AdamW's state memory), one CUDA GPU, pip install 'fm9g[fp8]'"},
+        "checkpoint_blocks": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                              "description": "with use_checkpoint: how many decoder layers (the first ones) "
+                                             "recompute their activations in the backward; null: all"},
     },
     "additionalProperties": False,
 }

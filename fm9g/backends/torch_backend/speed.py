@@ -1,4 +1,5 @@
-"""The torch backend's speed levers: ``model.compile``, ``model.fp8`` and ``backend_options.optimizer``.
+"""The torch backend's speed levers: ``model.compile``, ``model.fp8``, ``backend_options.optimizer``
+and ``backend_options.checkpoint_blocks``.
 
 * ``model.compile``: regional ``torch.compile`` — each decoder layer compiled in place, as torchtitan
   and torchtune do, so the graph is one layer's (compiled once and reused by every layer, whose
@@ -15,6 +16,10 @@
   dequantized to float32 (the same format as AdamW's, so any fm9g optimizer and either backend
   resumes them) and, beside them, the 8-bit codes and scales, from which AdamW8bit restores the
   state exactly.
+* ``checkpoint_blocks: N`` with ``use_checkpoint``: only the first N decoder layers recompute their
+  activations in the backward; the others keep them. Memory freed elsewhere (8-bit moments, the
+  chunked loss) buys back recomputation a layer at a time — about a third of a layer's forward
+  FLOPs each — the same trade as the bmtrain backend's key of that name.
 """
 
 from __future__ import annotations
@@ -97,6 +102,17 @@ def convert_to_fp8(model: torch.nn.Module) -> int:
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's decoder layers (the modules whose class name ends with ``DecoderLayer``)."""
     return [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
+
+
+def enable_checkpointing(model: torch.nn.Module, blocks: int | None) -> int:
+    """Activation checkpointing on the first ``blocks`` decoder layers (all when ``None``); how many.
+    transformers checkpoints a layer whose ``gradient_checkpointing`` flag is set, so the flag is
+    cleared on the layers past the first ``blocks``."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = blocks is None or index < blocks
+    return sum(layer.gradient_checkpointing for layer in layers)
 
 
 def compile_layers(model: torch.nn.Module) -> int:

@@ -94,7 +94,7 @@ class TorchStrategy:
         if config["model"]["fp8"]:
             speed.convert_to_fp8(model)
         if config["use_checkpoint"]:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            speed.enable_checkpointing(model, config["backend_options"]["checkpoint_blocks"])
         if config["model"]["compile"]:
             speed.compile_layers(model)
         if self.collectives.world_size > 1:

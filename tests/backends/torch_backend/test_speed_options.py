@@ -106,3 +106,35 @@ def test_the_bmtrain_backend_refuses_torch_only_model_keys(key):
     with pytest.raises(Fm9gError, match=f"model.{key} applies to the torch backend only") as error:
         BmtrainStrategy(_config("backend=bmtrain", f"model.{key}=true"))
     assert error.value.where == f"train config: model.{key}"
+
+
+def _counting(forward, calls: list[int], index: int):
+    def counted(*args, **kwargs):
+        calls[index] += 1
+        return forward(*args, **kwargs)
+    return counted
+
+
+@pytest.mark.parametrize(("blocks", "recomputed"), [(None, [2, 2]), (1, [2, 1]), (0, [1, 1])])
+def test_checkpoint_blocks_recomputes_only_the_first_layers(blocks, recomputed):
+    """Each layer's MLP runs once in the forward and once more in the backward if its layer recomputes."""
+    from transformers import AutoModelForCausalLM
+
+    from fm9g.backends.models.presets import preset_config
+    from fm9g.backends.torch_backend.speed import decoder_layers, enable_checkpointing
+
+    model = AutoModelForCausalLM.from_config(preset_config("tiny-llama"))
+    model.train()
+    assert enable_checkpointing(model, blocks) == sum(count == 2 for count in recomputed)
+    calls = [0, 0]
+    for index, layer in enumerate(decoder_layers(model)):  # counted in forward itself: the recompute runs no hooks
+        layer.mlp.forward = _counting(layer.mlp.forward, calls, index)
+    ids = torch.randint(0, 512, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert calls == recomputed
+
+
+def test_checkpoint_blocks_trains_with_the_losses_of_full_checkpointing(tmp_path):
+    full, _ = _train(tmp_path / "all", "use_checkpoint=true", "train_iters=3")
+    partial, _ = _train(tmp_path / "one", "use_checkpoint=true", "backend_options.checkpoint_blocks=1", "train_iters=3")
+    assert partial == pytest.approx(full, rel=1e-6)
