@@ -11,6 +11,8 @@ from fm9g.backends.training.loss import token_loss
 from fm9g.backends.models.build import build_model
 
 pytestmark = pytest.mark.gpu
+LOSS_TOLERANCE = 1e-4
+"""Relative: the packed row's mean token loss against the same samples run one by one."""
 
 
 def _leaky_attention(module, query, key, value, attention_mask, **kwargs):
@@ -62,8 +64,10 @@ def test_packed_bf16_varlen_loss_matches_each_sample_alone(preset, record):
                                                       "relative_error": error, "leak_moves": leak,
                                                       "kernel": cuda_kernel()})
     assert packed_count == count
-    assert error < 2e-3
-    assert leak > 4 * max(error, 5e-4), "the tolerance could not tell a boundary leak from rounding"
+    # On the H200 the packed row is within 1e-7 of its samples alone, and a leak across sample
+    # boundaries moves the loss by 8.5e-4 (small-llama) to 1.9e-3 (small-qwen2): 1e-4 lies between.
+    assert error < LOSS_TOLERANCE
+    assert leak > 4 * LOSS_TOLERANCE, "the tolerance could not tell a boundary leak from rounding"
 
 
 def test_varlen_kernel_equals_block_mask_sdpa_in_bf16():
