@@ -16,7 +16,9 @@ The target is the mean held-out loss of the two instruction sets (``alpaca:0.5,m
 pretrain is related text (the same languages, more of it) whose best share is not obvious.
 
 Steps: ``fm9g mix search`` (real ``fm9g train`` proxies of ``--proxy-steps``, ``--parallel`` at a
-time, ``--refine`` more around the first proposal, plus the ``--confirm`` run), the fit's rank correlation for every installed regressor
+time, ``--refine`` more around the first proposal, plus the ``--confirm`` run; with ``--scale-data``
+unless ``--no-scale-data``: each proxy trains on proxy steps / full steps of every dataset's rows,
+so that it repeats data as the full run will), the fit's rank correlation for every installed regressor
 (LightGBM is skipped, with a note, where it is not installed), then three full runs of
 ``--full-steps`` with the uniform, the natural and the proposed weights (``--parallel`` at a time),
 each scored on the same target from its last held-out evaluation. Beside ``--output`` (the JSON)
@@ -187,7 +189,8 @@ def summary_lines(summary: dict, report: dict) -> list[str]:
     """The evidence as Markdown: fit quality, best proxy, confirm, and the full runs' table."""
     tasks, full = report["tasks"], summary["full"]
     lines = [f"device {summary['device']}; model {summary['model']}, lr {summary['lr']:g}; proxies: {summary['runs']} + "
-             f"{summary['refine']} refine × {summary['proxy_steps']} steps "
+             f"{summary['refine']} refine × {summary['proxy_steps']} steps"
+             f"{' on scaled data ' + str(summary['proxy_rows']) if summary['scale_data'] else ''} "
              f"({summary['proxy_tokens']:,} tokens); full runs: {summary['full_steps']} steps "
              f"({summary['full_tokens']:,} tokens)", ""]
     for name, fit in summary["fit"].items():
@@ -229,6 +232,9 @@ def main() -> int:
                         help="proxy runs drawn around the first proposal before the final fit (fm9g mix search --refine)")
     parser.add_argument("--parallel", type=int, default=8, help="proxy (and full) runs at a time")
     parser.add_argument("--proxy-steps", type=int, default=100)
+    parser.add_argument("--no-scale-data", dest="scale_data", action="store_false",
+                        help="proxies train on whole datasets (default: fm9g mix search --scale-data, each dataset "
+                             "cut to proxy steps / full steps of its rows)")
     parser.add_argument("--full-steps", type=int, default=500)
     parser.add_argument("--model", default="tiny-llama", help="the preset of every run (proxy and full)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -250,7 +256,7 @@ def main() -> int:
     train_config(work, "proxy", manifest, args.proxy_steps, args)
     fm9g("mix", "search", "--manifest", str(manifest), "--proxy", "proxy.json", "--target", TARGET, "--runs",
          str(args.runs), "--refine", str(args.refine), "--parallel", str(args.parallel), "--output", "search",
-         "--confirm", "--force",
+         "--confirm", "--force", *(["--scale-data"] if args.scale_data else []),
          "--budget-tokens", str(args.full_steps * step_tokens), cwd=work)
     search_done = time.perf_counter()
     report = json.loads((work / "search" / "search_report.json").read_text())
@@ -267,6 +273,7 @@ def main() -> int:
     finished = time.perf_counter()
     summary = {"target": TARGET, "device": device_name(), "model": args.model, "runs": args.runs, "refine": args.refine,
                "first_proposal": report.get("first_proposal"), "lr": args.lr,
+               "scale_data": args.scale_data, "proxy_rows": report["settings"].get("proxy_rows"),
                "parallel": args.parallel, "proxy_steps": args.proxy_steps, "full_steps": args.full_steps,
                "proxy_tokens": args.proxy_steps * step_tokens, "full_tokens": args.full_steps * step_tokens,
                "batch_size": args.batch_size, "max_length": args.max_length, "max_epochs": args.max_epochs,

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-tokens", type=int, metavar="N",
                         help="check max_epochs/allow_repeat against N tokens (the full run's) instead of the proxy's "
                              "train_iters × grad_accum × batch_size × max_length")
+    parser.add_argument("--scale-data", action="store_true",
+                        help="with --budget-tokens: proxies train on each dataset's first rows, proxy tokens / budget "
+                             "of them, so a mixture repeats its data in a proxy as often as in the full run")
     parser.add_argument("--confirm", action="store_true",
                         help="train one more proxy on the proposal: predicted vs measured loss in the report")
     parser.add_argument("--output-manifest", metavar="FILE", help="the proposed manifest (default DIR/mix.proposed.json)")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         output=Path(args.output), seed=args.seed, concentration=args.concentration, min_share=args.min_share,
         max_share=args.max_share, parallel=args.parallel, regressor=args.regressor, confirm=args.confirm,
         candidates=args.candidates, budget_tokens=args.budget_tokens, refine=args.refine,
-        refine_concentration=args.refine_concentration,
+        refine_concentration=args.refine_concentration, scale_data=args.scale_data,
         output_manifest=Path(args.output_manifest) if args.output_manifest else None,
         plot=Path(args.plot) if args.plot else None, trust_scripts=args.trust_scripts, force=args.force)
 

@@ -45,6 +45,8 @@ class DatasetSpec:
     where: str
     allow_repeat: bool = True
     max_epochs: int | None = None
+    max_rows: int | None = None
+    """Only the dataset's first ``max_rows`` rows (index order) take part, as if it had no others."""
     oversize_rule: str = "segment"
     max_transform_errors: int = 0
     dataset_name: str | None = None
@@ -63,6 +65,7 @@ class DatasetSpec:
             "transform": self.transform.as_json(),
             "allow_repeat": self.allow_repeat,
             "max_epochs": self.max_epochs,
+            "max_rows": self.max_rows,
             "oversize_rule": self.oversize_rule,
             "max_transform_errors": self.max_transform_errors,
             "eval_path": str(self.eval_path) if self.eval_path else None,
@@ -298,6 +301,7 @@ def manifest_from_document(document: Any, base_dir: Path, source: str, *, check_
                 where=where,
                 allow_repeat=entry.get("allow_repeat", True),
                 max_epochs=entry.get("max_epochs"),
+                max_rows=entry.get("max_rows"),
                 oversize_rule=entry.get("oversize_rule", "segment"),
                 max_transform_errors=int(entry.get("max_transform_errors", 0)) if form == "fm9g" else 0,
                 dataset_name=entry.get("dataset_name"),

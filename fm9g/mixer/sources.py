@@ -45,6 +45,11 @@ def open_dataset(path: str | os.PathLike) -> Any:
     return open_indexed(path)
 
 
+def rows_used(spec: Any, dataset: Any) -> int:
+    """How many of the dataset's rows the mixture draws from: all, or its first ``max_rows``."""
+    return len(dataset) if spec.max_rows is None else min(len(dataset), spec.max_rows)
+
+
 @dataclass(frozen=True)
 class ChunkTask:
     """Everything that determines a chunk; picklable, so a worker process can build it."""

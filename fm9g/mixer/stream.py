@@ -31,7 +31,8 @@ from fm9g.mixer.manifest import Manifest, load_manifest
 from fm9g.mixer.packing import PackedBatch, Piece, pack
 from fm9g.mixer.samples import DROPPED, INVALID_UTF8, STATUS_NAMES, TRANSFORM_FAILED, Chunk, windows
 from fm9g.mixer.scheduler import PLANNED_EXITS, DatasetPolicy, DatasetProgress, Scheduler
-from fm9g.mixer.sources import ChunkBuilder, ChunkTask, PrefetchThread, SampleSource, init_worker, open_dataset
+from fm9g.mixer.sources import (ChunkBuilder, ChunkTask, PrefetchThread, SampleSource, init_worker, open_dataset,
+                                rows_used)
 from fm9g.mixer.transforms import bind_transform
 
 __all__ = ["MixtureStream", "PackedBatch"]
@@ -89,7 +90,8 @@ class MixtureStream:
         self._policies = [DatasetPolicy(spec.abs_weight, spec.allow_repeat, spec.max_epochs) for spec in manifest.datasets]
         self._sources = [self._source(spec, dataset, policy, trust_scripts)
                          for spec, dataset, policy in zip(manifest.datasets, datasets, self._policies)]
-        progress = [DatasetProgress(spec.task_name, len(dataset)) for spec, dataset in zip(manifest.datasets, datasets)]
+        progress = [DatasetProgress(spec.task_name, rows_used(spec, dataset))
+                    for spec, dataset in zip(manifest.datasets, datasets)]
         self._next_batch = 0
         self.totals = {"batches": 0, "tokens": 0, "capacity": 0, "pieces": 0}
         self._current: _Current | None = None
@@ -148,7 +150,7 @@ class MixtureStream:
         transform = bind_transform(spec.transform, trust_scripts=trust_scripts, where=f"{self.manifest.source}: {spec.where}")
         template = ChunkTask(
             path=str(spec.path), task_name=spec.task_name, seed=self.manifest.seed, epoch=0, start=0, count=0,
-            nlines=len(dataset), transform=spec.transform, trust_scripts=trust_scripts,
+            nlines=rows_used(spec, dataset), transform=spec.transform, trust_scripts=trust_scripts,
             tokenizer_spec=self.tokenizer.spec, max_length=self.max_length, oversize_rule=spec.oversize_rule,
         )
         return SampleSource(template, ChunkBuilder(dataset, transform, self.tokenizer), self._executor,

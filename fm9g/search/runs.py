@@ -33,15 +33,18 @@ RESULT_NAME = "result.json"
 LOG_TAIL_LINES = 15
 
 
-def manifest_document(manifest: Manifest, shares: dict[str, float], *, digits: int = 6) -> Any:
-    """The manifest's own document (either form) with ``abs_weight`` = ``shares`` and every path
-    absolute, so it can be written anywhere."""
+def manifest_document(manifest: Manifest, shares: dict[str, float], *, digits: int = 6,
+                      max_rows: dict[str, int] | None = None) -> Any:
+    """The manifest's own document (either form) with ``abs_weight`` = ``shares``, every path
+    absolute (so it can be written anywhere) and, for a data-scaled proxy, each dataset's ``max_rows``."""
     document = copy.deepcopy(read_document(manifest.source).data)
     entries = document if isinstance(document, list) else document["datasets"]
     base = Path(manifest.source).resolve().parent
     for entry, spec in zip(entries, manifest.datasets):
         entry["abs_weight"] = round(float(shares[spec.task_name]), digits)
         entry["path"] = str(spec.path)
+        if max_rows:
+            entry["max_rows"] = max_rows[spec.task_name]
         if spec.eval_path is not None:
             entry["eval_path"] = str(spec.eval_path)
         for key in ("transform", "transforms"):
@@ -99,8 +102,8 @@ class ProxyRun:
     """One run's training process: :meth:`start` launches it, :meth:`finish` (after it exits) checks
     it, scores its final evaluation and writes the completion record."""
 
-    def __init__(self, run_dir: Path, *, name: str, shares: dict[str, float]):
-        self.run_dir, self.name, self.shares = run_dir, name, shares
+    def __init__(self, run_dir: Path, *, name: str, shares: dict[str, float], max_rows: dict[str, int] | None = None):
+        self.run_dir, self.name, self.shares, self.max_rows = run_dir, name, shares, max_rows
         self.process: subprocess.Popen | None = None
         self._log: Any = None
         self._started = 0.0
@@ -110,7 +113,8 @@ class ProxyRun:
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
-        mix_path = write_json_atomic(self.run_dir / "mix.json", manifest_document(manifest, self.shares))
+        mix_path = write_json_atomic(self.run_dir / "mix.json", manifest_document(manifest, self.shares,
+                                                                                  max_rows=self.max_rows))
         config_path = write_json_atomic(self.run_dir / "train.json",
                                         proxy_document(proxy, mix_path, self.run_dir / "train"))
         env = dict(os.environ)

@@ -5,7 +5,10 @@ seed, concentration, share bounds — a rerun with other settings is refused unl
 ``runs/run-NNN/`` (one per drawn vector, :mod:`fm9g.search.runs`), ``runs/refine-NNN/`` (with
 ``--refine N``: N more runs drawn around the first fit's proposal, after which the fit and the
 proposal are redone on all runs — the proposal then rests on measured mixtures near it instead of
-the first fit's extrapolation), ``confirm/`` (the proposal's own
+the first fit's extrapolation; with ``--scale-data`` every proxy's manifest cuts each dataset to
+its first rows, proxy tokens / ``--budget-tokens`` of them: a proxy that never repeats data ranks a
+mixture that makes four epochs of a small set at the full size as if it were fresh data, and on the
+bench corpus that ranking lost to both baselines), ``confirm/`` (the proposal's own
 proxy run with ``--confirm``), ``search_report.json``, ``search.png`` and ``mix.proposed.json``.
 Rerunning a killed search trains only the runs without a completion record; since the draws are
 a function of the seed and the runs are deterministic, it ends with the result an uninterrupted
@@ -66,6 +69,8 @@ class SearchOptions:
     refine_concentration: float = 20.0
     budget_tokens: int | None = None
     """The tokens the epoch limits are checked against (default: the proxy's budget)."""
+    scale_data: bool = False
+    """Proxies train on each dataset's first rows, proxy tokens / ``budget_tokens`` of them."""
     output_manifest: Path | None = None
     plot: Path | None = None
     trust_scripts: bool = False
@@ -119,7 +124,8 @@ class Search:
         if options.trust_scripts:
             self.proxy["trust_scripts"] = True  # the proxy runs load the manifest's transform scripts too
         names = self.manifest.task_names
-        self.space = self._space(names)
+        self.space, rows = self._space(names)
+        self.proxy_rows = self._proxy_rows(rows) if options.scale_data else None
         evaluated = [held.spec.task_name for held in find_held_out(self.manifest).sets]
         weights = {spec.task_name: spec.abs_weight for spec in self.manifest.datasets}
         self.target: Target = parse_target(options.target, names, weights, evaluated)
@@ -129,27 +135,51 @@ class Search:
                          "target": options.target, "seed": options.seed, "concentration": options.concentration,
                          "min_share": options.min_share, "max_share": options.max_share,
                          "budget_tokens": options.budget_tokens}
+        if options.scale_data:
+            self.identity["scale_data"] = True
 
-    def _space(self, names: list[str]) -> SearchSpace:
+    def _proxy_tokens(self) -> int:
+        proxy = self.proxy
+        return proxy["train_iters"] * proxy["grad_accum"] * proxy["batch_size"] * proxy["max_length"]
+
+    def _space(self, names: list[str]) -> tuple[SearchSpace, list[int]]:
+        """The search space, and the rows each dataset trains on."""
         proxy = self.proxy
         packing = self.manifest.with_overrides(max_length=proxy["max_length"], batch_size=proxy["batch_size"],
                                                tokenizer=proxy.get("tokenizer"))
         stream = MixtureStream.from_manifest(packing, trust_scripts=proxy["trust_scripts"])
         try:
             sizes = [tokens_per_epoch(stream, index)["tokens"] for index in range(len(names))]
+            rows = [state.nlines for state in stream.progress]
         finally:
             stream.close()
-        budget = float(self.options.budget_tokens or
-                       proxy["train_iters"] * proxy["grad_accum"] * proxy["batch_size"] * proxy["max_length"])
-        return build_space(self.manifest, sizes, budget,
-                           min_shares=parse_task_values(self.options.min_share, names, option="--min-share"),
-                           max_shares=parse_task_values(self.options.max_share, names, option="--max-share"))
+        budget = float(self.options.budget_tokens or self._proxy_tokens())
+        space = build_space(self.manifest, sizes, budget,
+                            min_shares=parse_task_values(self.options.min_share, names, option="--min-share"),
+                            max_shares=parse_task_values(self.options.max_share, names, option="--max-share"))
+        return space, rows
+
+    def _proxy_rows(self, rows: list[int]) -> dict[str, int]:
+        """``--scale-data``: each dataset cut to its first rows × proxy tokens / budget, so that a share
+        makes as many epochs of its (cut) dataset in a proxy as of the whole one at the budget — the
+        repetition a full run's mixture brings, which a proxy that never repeats data cannot rank."""
+        budget = self.options.budget_tokens
+        if budget is None:
+            raise Fm9gError("--scale-data needs the full run's size", where="--scale-data",
+                            fix="give --budget-tokens N (the full run's train_iters × grad_accum × batch_size × max_length)")
+        fraction = self._proxy_tokens() / budget
+        if fraction > 1:
+            raise Fm9gError(f"--budget-tokens {budget:,} is smaller than the proxy's {self._proxy_tokens():,} tokens, so "
+                            "--scale-data would need more rows than the datasets have", where="--scale-data",
+                            fix="give the full run's --budget-tokens, or drop --scale-data")
+        return {name: max(1, round(count * fraction)) for name, count in zip(self.space.task_names, rows)}
 
     def _check_directory(self) -> None:
         record = self.options.output / "search.json"
         if record.is_file():
             earlier = json.loads(record.read_text(encoding="utf-8"))
-            changed = [key for key, value in self.identity.items() if earlier.get(key) != value]
+            changed = [key for key in dict.fromkeys([*self.identity, *earlier])
+                       if earlier.get(key) != self.identity.get(key)]
             if changed and not self.options.force:
                 raise Fm9gError(f"holds a search with other settings ({', '.join(changed)} differ)",
                                 where=str(self.options.output),
@@ -195,7 +225,8 @@ class Search:
             if record is not None and record["shares"] == rounded:
                 results[name] = record
             else:
-                pending.append(ProxyRun(self.options.output / "runs" / name, name=name, shares=rounded))
+                pending.append(ProxyRun(self.options.output / "runs" / name, name=name, shares=rounded,
+                                        max_rows=self.proxy_rows))
         kept = sorted(results)
         if kept:
             self.say(f"{len(kept)} of {len(draws)} runs finished earlier ({kept[0]} … {kept[-1]}); "
@@ -254,7 +285,7 @@ class Search:
         best = int(np.argmin(losses))
         return {"target": options.target, "tasks": names, "space": self.space.as_json(),
                 "settings": {**self.identity, "runs": options.runs, "refine": options.refine,
-                             "regressor": options.regressor},
+                             "regressor": options.regressor, "proxy_rows": self.proxy_rows},
                 "runs": [{"run": record["run"], "weights": record["shares"], "target": record["target"],
                           "tasks": {task: value.get("loss") for task, value in record["evaluation"]["tasks"].items()},
                           "out_of_fold_predicted": predicted, "seconds": record["seconds"]}
@@ -267,7 +298,8 @@ class Search:
         record = completed(directory)
         if record is None or record["shares"] != proposal["weights"]:
             self.say("confirm: training the proposed mixture")
-            record = self._train([ProxyRun(directory, name="confirm", shares=proposal["weights"])])[0]
+            record = self._train([ProxyRun(directory, name="confirm", shares=proposal["weights"],
+                                           max_rows=self.proxy_rows)])[0]
         measured = record["target"]
         return {"measured": measured, "predicted": proposal["predicted"], "error": proposal["predicted"] - measured,
                 "tasks": {task: value.get("loss") for task, value in record["evaluation"]["tasks"].items()}}

@@ -67,6 +67,15 @@ def test_max_epochs_repeats_each_row_exactly_that_often(make_mix, caplog):
     assert stream.progress[0].left_reason == "max_epochs reached"
 
 
+def test_max_rows_trains_on_the_first_rows_only_each_once_per_epoch(make_mix):
+    manifest = make_mix({"a": (13, 1.0), "b": (7, 1.0)}, max_length=128,
+                        dataset_options={"a": {"max_rows": 5, "max_epochs": 2}, "b": {"allow_repeat": False}})
+    stream = MixtureStream.from_manifest(manifest)
+    seen = first_rows(drain(stream), stream)
+    assert {key: count for key, count in seen.items() if key[0] == "a"} == {("a", row): 2 for row in range(5)}
+    assert stream.progress[0].nlines == 5 and stream.progress[1].nlines == 7
+
+
 def test_epochs_use_different_orders(make_mix):
     stream = MixtureStream.from_manifest(make_mix({"a": (40, 1.0)}, max_length=128, dataset_options={"a": {"max_epochs": 2}}))
     order = [row for batch in drain(stream) for _, row, first in batch_samples(batch, stream.task_names, stream.tokenizer) if first]

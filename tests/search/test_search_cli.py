@@ -102,7 +102,9 @@ def test_a_killed_search_resumes_without_redoing_runs_and_ends_as_an_uninterrupt
     (("--max-share", "chat:0.3,book:0.3"), "the largest shares the tasks may have sum to 0.6, less than 1"),
     (("--target", "medical"), "unknown task 'medical'"),
     (("--runs", "2"), "--runs must be at least 4"),
-], ids=["minimums", "maximums", "target", "runs"])
+    (("--scale-data",), "--scale-data needs the full run's size"),
+    (("--scale-data", "--budget-tokens", "100"), "--budget-tokens 100 is smaller than the proxy's 768 tokens"),
+], ids=["minimums", "maximums", "target", "runs", "scale-without-budget", "scale-below-proxy"])
 def test_impossible_requests_are_refused_before_training(mixture, extra, message):
     result = run_fm9g("mix", "search", "--manifest", "mix.json", "--proxy", "proxy.json", "--output", "refused",
                       "--target", "chat", "--runs", "4", *extra, cwd=mixture)
@@ -142,7 +144,8 @@ def test_the_epoch_limits_can_be_checked_at_the_full_runs_budget(mixture):
 
 @pytest.mark.slow
 def test_refine_runs_are_drawn_around_the_first_proposal_and_a_rerun_keeps_them(mixture):
-    refined = search(mixture, "refined", "--refine", "2", "--parallel", "2")
+    """With --scale-data at a budget of 10 proxies' tokens, every proxy trains on a tenth of each dataset."""
+    refined = search(mixture, "refined", "--refine", "2", "--parallel", "2", "--scale-data", "--budget-tokens", "7680")
     assert refined.returncode == 0, refined.stderr
     got = report(mixture, "refined")
     assert [run["run"] for run in got["runs"]] == [f"run-{i:03d}" for i in range(RUNS)] + ["refine-000", "refine-001"]
@@ -158,7 +161,15 @@ def test_refine_runs_are_drawn_around_the_first_proposal_and_a_rerun_keeps_them(
     book = got["tasks"].index("book")
     assert region["lower"][book] == pytest.approx(min(spread + around), abs=1e-6)
 
-    again = search(mixture, "refined", "--refine", "2")
+    for run in ("run-000", "refine-001"):
+        proxy_manifest = json.loads((mixture / "refined" / "runs" / run / "mix.json").read_text())
+        assert [entry["max_rows"] for entry in proxy_manifest["datasets"]] == [30, 20]  # of 300 chat, 200 book rows
+    proposed = json.loads((mixture / "refined" / "mix.proposed.json").read_text())
+    assert all("max_rows" not in entry for entry in proposed["datasets"])
+
+    unscaled = search(mixture, "refined", "--refine", "2", "--budget-tokens", "7680")
+    assert unscaled.returncode == 2 and "other settings (scale_data differ)" in unscaled.stderr
+    again = search(mixture, "refined", "--refine", "2", "--scale-data", "--budget-tokens", "7680")
     assert again.returncode == 0, again.stderr
     assert "2 of 2 runs finished earlier (refine-000 … refine-001); training 0" in again.stderr
     rerun = report(mixture, "refined")
