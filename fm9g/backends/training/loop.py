@@ -20,6 +20,7 @@ import torch
 from fm9g.backends.training.batches import DeviceBatch, take, to_device
 from fm9g.backends.training.collectives import Collectives
 from fm9g.backends.training.loss import IGNORE_INDEX, batch_loss
+from fm9g.backends.training.stop_signals import stop_requested
 from fm9g.core.errors import Fm9gError
 
 
@@ -193,8 +194,11 @@ def run_loop(trainer: Trainer, stream: Iterable[Any], state: TrainState, setting
     while state.step < settings.train_iters:
         started = time.perf_counter()
         micro = take(batches, settings.grad_accum)
-        running = torch.tensor([0.0 if micro is None else 1.0], device=device)
-        if comm.all_reduce(running).item() < comm.world_size:  # some rank's data ran out: every rank stops
+        running, stopping = comm.all_reduce(torch.tensor(
+            [0.0 if micro is None else 1.0, 1.0 if stop_requested() else 0.0], device=device)).tolist()
+        if stopping:  # SIGTERM or Ctrl-C on some rank: every rank stops here, between steps
+            raise KeyboardInterrupt
+        if running < comm.world_size:  # some rank's data ran out: every rank stops
             if state.step == first_step:
                 raise Fm9gError(f"the data gave no batch for step {state.step + 1}: nothing would be trained",
                                 where="train config: data",

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TextIO
 
 import torch
 
-from fm9g.backends.training import checkpoints
+from fm9g.backends.training import checkpoints, stop_signals
 from fm9g.backends.training.batches import open_stream, stream_tokenizer
 from fm9g.backends.training.collectives import Collectives
 from fm9g.backends.training.evaluate import Evaluator, held_out_batches
@@ -205,16 +205,18 @@ def _check_best_metric(metric: str, held_out: Any) -> None:
 
 
 def train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy) -> dict[str, Any]:
-    """Train as ``config`` says on this rank; the final step, tokens seen and latest checkpoint."""
+    """Train as ``config`` says on this rank; the final step, tokens seen and latest checkpoint.
+    SIGTERM and Ctrl-C end it with ``KeyboardInterrupt`` between steps (:mod:`.stop_signals`)."""
     comm, resume = strategy.collectives, context.resume
-    lock = checkpoints.SaveDirLock(config["save"]) if comm.is_main else None
-    try:
-        checkpoints.check_save_dir(config["save"], resume is not None, is_main=comm.is_main)
-        comm.barrier()
-        return _train(config, context, strategy)
-    finally:
-        if lock is not None:
-            lock.release()
+    with stop_signals.stop_at_step_boundaries():
+        lock = checkpoints.SaveDirLock(config["save"]) if comm.is_main else None
+        try:
+            checkpoints.check_save_dir(config["save"], resume is not None, is_main=comm.is_main)
+            comm.barrier()
+            return _train(config, context, strategy)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrategy) -> dict[str, Any]:
@@ -223,9 +225,11 @@ def _train(config: dict[str, Any], context: RunContext, strategy: BackendStrateg
     report: Any = SilentReport()
     try:
         tokenizer = stream_tokenizer(stream, config)
+        stop_signals.raise_if_stop_requested()
         built = build_training_model(config, device=comm.device, vocab_size=getattr(tokenizer, "vocab_size", None),
                                      resume=resume, is_main=comm.is_main, base_dtype=strategy.base_dtype(config),
                                      prepare=strategy.prepare_model)
+        stop_signals.raise_if_stop_requested()
         total_params, trainable_params = parameter_counts(built.model)
         if not trainable_params:
             raise Fm9gError("the model has no trainable parameters", where="train config: delta")

@@ -118,6 +118,42 @@ def test_sigterm_ends_training_like_ctrl_c_and_os_errors_are_one_line(mixture, t
     assert str(tmp_path / "file") in result.stderr and "not a directory" in result.stderr
 
 
+SIGTERM_DURING_A_STEP = """
+import os, signal
+from pathlib import Path
+
+LOG, WENT_ON = Path(os.environ["TRAIN_LOG"]), Path(os.environ["WENT_ON"])
+
+
+def transform(data, num_sample, r):
+    if LOG.exists() and LOG.stat().st_size and not WENT_ON.exists():
+        signal.raise_signal(signal.SIGTERM)
+        WENT_ON.write_text("the step went on after the SIGTERM")
+    return data
+"""
+
+
+def test_a_sigterm_inside_a_step_stops_the_run_at_the_next_step_boundary(mixture, tmp_path):
+    """A SIGTERM raised at an arbitrary point of a step can land inside a lock that a background
+    thread shares (tensorboardX's queue), after which cleanup waits forever; so it must not raise
+    there. A transform script (run during the step, in the main thread) signals and must go on."""
+    (tmp_path / "transform.py").write_text(SIGTERM_DURING_A_STEP)
+    manifest = json.loads((mixture / "mix.json").read_text())
+    for spec in manifest["datasets"]:
+        spec["path"] = str(mixture / spec["path"])
+        spec["transform"] = "./transform.py"
+    (tmp_path / "mix.json").write_text(json.dumps(manifest))
+    config = write_train_config(tmp_path, tmp_path / "mix.json")
+    went_on = tmp_path / "went_on"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAIN_LOG": str(tmp_path / "run" / "train_log.jsonl"),
+           "WENT_ON": str(went_on)}
+    command = fm9g_command("train", "--config", str(config), "train_iters=100000", "save_iters=0", "--trust-scripts")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 130, result.stderr
+    assert "fm9g train: interrupted" in result.stderr and "Traceback" not in result.stderr
+    assert went_on.exists(), "the SIGTERM raised inside the step instead of at its end"
+
+
 def test_overrides_anywhere_trust_scripts_flag_and_resume_refuses_a_changed_run(mixture, tmp_path):
     config = write_train_config(tmp_path, mixture / "mix.json")
     first = run_fm9g("train", "--config", str(config), "save_iters=2", "--no-progress", "train_iters=2",
