@@ -96,11 +96,11 @@ def prepare_data(work: Path, corpus: Path, scale: str, *, max_epochs: int) -> Pa
     return work / "mix.json"
 
 
-def train_config(work: Path, name: str, manifest: Path, steps: int, args: argparse.Namespace) -> Path:
+def train_config(work: Path, name: str, manifest: Path, steps: int, args: argparse.Namespace, seed: int = 1) -> Path:
     config = {"data": {"manifest": str(manifest)}, "model": {"preset": args.model}, "save": str(work / name / "run"),
               "train_iters": steps, "save_iters": steps, "eval_iters": steps, "eval_tokens": args.eval_tokens,
               "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "lr_scheduler": "cosine",
-              "warmup_iters": max(1, steps // 10), "seed": 1}
+              "warmup_iters": max(1, steps // 10), "seed": seed}
     path = work / f"{name}.json"
     path.write_text(json.dumps(config, indent=1), encoding="utf-8")
     return path
@@ -114,8 +114,9 @@ def fm9g(*args: str, cwd: Path) -> None:
 
 
 def full_runs(work: Path, mixtures: dict[str, dict[str, float]], args: argparse.Namespace) -> dict[str, dict]:
-    """Train ``--full-steps`` on each mixture (from scratch, ``--parallel`` at a time) and score each
-    run's last held-out evaluation on the target."""
+    """Train ``--full-steps`` on each mixture from scratch, once per training seed (``--full-seeds``;
+    ``--parallel`` runs at a time), and score each run's last held-out evaluation on the target: a
+    mixture's figure is the mean over its seeds, so that a margin can be set against the spread."""
     from fm9g.mixer.manifest import load_manifest
     from fm9g.search.runs import manifest_document
     from fm9g.search.target import parse_target
@@ -129,15 +130,17 @@ def full_runs(work: Path, mixtures: dict[str, dict[str, float]], args: argparse.
             entry.pop("max_epochs", None)
         path = work / f"full-{name}.mix.json"
         path.write_text(json.dumps(document, indent=1), encoding="utf-8")
-        shutil.rmtree(work / f"full-{name}", ignore_errors=True)
-        commands[name] = [sys.executable, "-m", "fm9g", "train", "--config",
-                          str(train_config(work, f"full-{name}", path, args.full_steps, args))]
+        for seed in range(1, args.full_seeds + 1):
+            run = f"full-{name}-seed{seed}"
+            shutil.rmtree(work / run, ignore_errors=True)
+            commands[run] = [sys.executable, "-m", "fm9g", "train", "--config",
+                             str(train_config(work, run, path, args.full_steps, args, seed=seed))]
     waiting, running, seconds = list(commands), {}, {}
     while waiting or running:
         while waiting and len(running) < args.parallel:
             name = waiting.pop(0)
             print("$ " + " ".join(commands[name][2:]), flush=True)
-            log = open(work / f"full-{name}.log", "w", encoding="utf-8")
+            log = open(work / f"{name}.log", "w", encoding="utf-8")
             running[name] = (subprocess.Popen(commands[name], cwd=work, stdout=log, stderr=subprocess.STDOUT), log,
                              time.perf_counter())
         for name, (process, log, started) in list(running.items()):
@@ -146,16 +149,22 @@ def full_runs(work: Path, mixtures: dict[str, dict[str, float]], args: argparse.
             log.close()
             del running[name]
             if process.returncode != 0:
-                raise SystemExit(f"full run {name} failed (exit {process.returncode}): see {work / f'full-{name}.log'}")
+                raise SystemExit(f"full run {name} failed (exit {process.returncode}): see {work / f'{name}.log'}")
             seconds[name] = time.perf_counter() - started
-            print(f"  full run {name}: {seconds[name]:.0f} s", flush=True)
+            print(f"  {name}: {seconds[name]:.0f} s", flush=True)
         time.sleep(0.2)
     results = {}
     for name, shares in mixtures.items():
-        lines = (work / f"full-{name}" / "run" / "eval_log.jsonl").read_text().splitlines()
-        record = json.loads(lines[-1])
-        results[name] = {"weights": shares, "target": target.value(record, where=name), "seconds": seconds[name],
-                         "tasks": {task: value["loss"] for task, value in record["tasks"].items()}}
+        seeds = []
+        for seed in range(1, args.full_seeds + 1):
+            run = f"full-{name}-seed{seed}"
+            record = json.loads((work / run / "run" / "eval_log.jsonl").read_text().splitlines()[-1])
+            seeds.append({"target": target.value(record, where=run), "seconds": seconds[run],
+                          "tasks": {task: value["loss"] for task, value in record["tasks"].items()}})
+        results[name] = {"weights": shares, "target": float(np.mean([run["target"] for run in seeds])),
+                         "target_by_seed": [run["target"] for run in seeds],
+                         "tasks": {task: float(np.mean([run["tasks"][task] for run in seeds])) for task in seeds[0]["tasks"]},
+                         "seconds": max(run["seconds"] for run in seeds)}
     return results
 
 
@@ -208,15 +217,19 @@ def summary_lines(summary: dict, report: dict) -> list[str]:
         lines.append(f"- proposal at proxy size: predicted {summary['confirm']['predicted']:.4f}, measured "
                      f"{summary['confirm']['measured']:.4f}")
     lines += ["", f"| mixture ({summary['full_steps']} steps) | " + " / ".join(tasks) + " | epochs made | "
-              f"target {TARGET} | " + " | ".join(f"{task} loss" for task in tasks) + " | predicted |",
-              "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+              f"target {TARGET} (mean of {summary['full_seeds']} seeds) | seeds | "
+              + " | ".join(f"{task} loss" for task in tasks) + " | predicted |",
+              "|---|---|---|---|---|" + "---|" * len(tasks) + "---|"]
     for name, result in full.items():
         lines.append(f"| {name} | " + " / ".join(f"{result['weights'][task]:.3f}" for task in tasks) + " | "
                      + " / ".join(f"{result['epochs'][task]:.2f}" for task in tasks)
-                     + f" | {result['target']:.4f} | " + " | ".join(f"{result['tasks'][task]:.4f}" for task in tasks)
+                     + f" | {result['target']:.4f} | " + " / ".join(f"{value:.4f}" for value in result["target_by_seed"])
+                     + " | " + " | ".join(f"{result['tasks'][task]:.4f}" for task in tasks)
                      + f" | {result['predicted']:.4f} |")
     margin = {name: full[name]["target"] - full["proposed"]["target"] for name in ("uniform", "natural")}
-    lines += ["", "proposed below uniform by {uniform:+.4f}, below natural by {natural:+.4f}".format(**margin),
+    lines += ["", "proposed below uniform by {uniform:+.4f}, below natural by {natural:+.4f} (means)".format(**margin)
+              + "; every proposed seed below every seed of: "
+              + (", ".join(name for name, beats in summary["proposed_beats_every_seed"].items() if beats) or "neither"),
               f"{summary['seconds']:.0f} s in all (data {summary['phase_seconds']['data']:.0f}, search "
               f"{summary['phase_seconds']['search']:.0f}, full runs {summary['phase_seconds']['full']:.0f})"]
     return lines
@@ -236,6 +249,8 @@ def main() -> int:
                         help="proxies train on whole datasets (default: fm9g mix search --scale-data, each dataset "
                              "cut to proxy steps / full steps of its rows)")
     parser.add_argument("--full-steps", type=int, default=500)
+    parser.add_argument("--full-seeds", type=int, default=2,
+                        help="training seeds per full-size mixture (the figure is their mean; default 2)")
     parser.add_argument("--model", default="tiny-llama", help="the preset of every run (proxy and full)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
@@ -276,11 +291,14 @@ def main() -> int:
                "scale_data": args.scale_data, "proxy_rows": report["settings"].get("proxy_rows"),
                "parallel": args.parallel, "proxy_steps": args.proxy_steps, "full_steps": args.full_steps,
                "proxy_tokens": args.proxy_steps * step_tokens, "full_tokens": args.full_steps * step_tokens,
+               "full_seeds": args.full_seeds,
                "batch_size": args.batch_size, "max_length": args.max_length, "max_epochs": args.max_epochs,
                "space": report["space"], "fit": fit_comparison(report), "search_fit": report["fit"],
                "best_run": report["best_run"], "proposal": report["proposal"], "confirm": report.get("confirm"),
                "full": full, "proposed_beats": {name: full["proposed"]["target"] < full[name]["target"]
                                                 for name in ("uniform", "natural")},
+               "proposed_beats_every_seed": {name: max(full["proposed"]["target_by_seed"]) < min(full[name]["target_by_seed"])
+                                             for name in ("uniform", "natural")},
                "seconds": finished - started, "phase_seconds": {"data": data_done - started,
                                                                 "search": search_done - data_done,
                                                                 "full": finished - search_done}}
