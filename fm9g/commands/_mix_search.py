@@ -33,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "simplex for equal weights), larger stays near the manifest's (default 1)")
     parser.add_argument("--min-share", metavar="TASK:SHARE,...", help="least share of tasks, e.g. chat:0.1")
     parser.add_argument("--max-share", metavar="TASK:SHARE,...", help="largest share of tasks, e.g. book:0.5")
-    parser.add_argument("--regressor", choices=["loglinear", "lightgbm"], default="loglinear",
-                        help="the fit: ridge on log-shares (default; suits tens of runs) or LightGBM (RegMix's; "
-                             "suits hundreds)")
+    parser.add_argument("--regressor", choices=["auto", "loglinear", "loglinear_linear", "quadratic", "lightgbm"],
+                        default="auto",
+                        help="the fit: ridge on log-shares (loglinear), on log-shares and shares (loglinear_linear: "
+                             "a share can be too large), on degree-2 polynomials of the shares (quadratic), or "
+                             "LightGBM (RegMix's; suits hundreds of runs); auto (default) keeps whichever of the "
+                             "three ridges ranks held-out runs best")
     parser.add_argument("--candidates", type=int, default=100_000, metavar="N",
                         help="candidate mixtures the fit scores to find the proposal (default 100,000)")
     parser.add_argument("--refine", type=int, default=0, metavar="N",
@@ -74,6 +77,9 @@ def _print_report(report: dict, console) -> None:
     fit, proposal = report["fit"], report["proposal"]
     console.print(f"fit: {fit['regressor']}, Spearman ρ {fit['spearman']:.3f} on held-out runs ({fit['folds']}-fold, "
                   f"p {fit['p_value']:.2g})")
+    if fit.get("candidates"):
+        console.print(f"  chosen by {fit['chosen_by']} for the highest ρ of "
+                      + ", ".join(f"{name} {rho:.3f}" for name, rho in fit["candidates"].items()))
     console.print("proposal: " + ", ".join(f"{task} {proposal['weights'][task]:.3f}" for task in tasks)
                   + f" — predicted {proposal['predicted']:.4f} (best run {report['best_run']['run']}: "
                     f"{report['best_run']['target']:.4f})")

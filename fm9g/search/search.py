@@ -61,7 +61,8 @@ class SearchOptions:
     min_share: str | None = None
     max_share: str | None = None
     parallel: int = 1
-    regressor: str = "loglinear"
+    regressor: str = "auto"
+    """A regressor of ``regression.REGRESSORS``, or ``auto``: the one whose out-of-fold ρ is highest."""
     confirm: bool = False
     candidates: int = 100_000
     refine: int = 0
@@ -269,8 +270,8 @@ class Search:
         options, names = self.options, self.space.task_names
         weights = np.array([[record["shares"][name] for name in names] for record in records])
         losses = np.array([record["target"] for record in records])
-        quality = regression.rank_correlation(options.regressor, weights, losses, seed=options.seed)
-        model = regression.fit(options.regressor, weights, losses, seed=options.seed)
+        quality = regression.choose(options.regressor, weights, losses, seed=options.seed)
+        model = regression.fit(quality["regressor"], weights, losses, seed=options.seed)
         proposal = regression.propose(model, self.space, sampled=weights, seed=options.seed,
                                       concentration=options.concentration, centers=centers,
                                       center_concentration=options.refine_concentration,
