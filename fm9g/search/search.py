@@ -1,15 +1,19 @@
-"""The resumable mixture search: draw, train proxies, fit, propose, confirm, report.
+"""The resumable mixture search: draw, train proxies, fit, propose, refine, confirm, report.
 
 A search lives in one directory: ``search.json`` (what defines it: manifest, proxy config, target,
-seed, concentration, share bounds — a rerun with other settings is refused unless ``--force``),
-``runs/run-NNN/`` (one per drawn vector, :mod:`fm9g.search.runs`), ``runs/refine-NNN/`` (with
-``--refine N``: N more runs drawn around the first fit's proposal, after which the fit and the
-proposal are redone on all runs — the proposal then rests on measured mixtures near it instead of
-the first fit's extrapolation; with ``--scale-data`` every proxy's manifest cuts each dataset to
-its first rows, proxy tokens / ``--budget-tokens`` of them: a proxy that never repeats data ranks a
-mixture that makes four epochs of a small set at the full size as if it were fresh data, and on the
-bench corpus that ranking lost to both baselines), ``confirm/`` (the proposal's own
-proxy run with ``--confirm``), ``search_report.json``, ``search.png`` and ``mix.proposed.json``.
+seed, concentration, share bounds, data scaling — a rerun with other settings is refused unless
+``--force``), ``runs/run-NNN/`` (one per drawn vector, :mod:`fm9g.search.runs`), ``runs/refine-NNN/``
+(``--refine N``), ``confirm/`` (the proposal's own proxy run with ``--confirm``),
+``search_report.json``, ``search.png`` and ``mix.proposed.json``.
+
+``--refine N`` trains N more runs drawn around the first fit's proposal and then fits and proposes
+again on all of them, so that the final proposal rests on measured mixtures near it rather than on
+the first fit's extrapolation. ``--scale-data`` cuts each dataset in every proxy's manifest to its
+first rows, proxy tokens / ``--budget-tokens`` of them (``max_rows``): a proxy that never repeats
+data ranks a mixture that makes four epochs of a small set at the full size as if it were fresh
+data (on the bench corpus that ranking lost to both baselines), while a cut dataset repeats as
+often in the proxy as the whole one will in the full run.
+
 Rerunning a killed search trains only the runs without a completion record; since the draws are
 a function of the seed and the runs are deterministic, it ends with the result an uninterrupted
 search gives. Asking for more ``--runs`` later extends the same sequence of draws. A lock file keeps
