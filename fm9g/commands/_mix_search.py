@@ -33,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "simplex for equal weights), larger stays near the manifest's (default 1)")
     parser.add_argument("--min-share", metavar="TASK:SHARE,...", help="least share of tasks, e.g. chat:0.1")
     parser.add_argument("--max-share", metavar="TASK:SHARE,...", help="largest share of tasks, e.g. book:0.5")
-    parser.add_argument("--regressor", choices=["auto", "loglinear", "loglinear_linear", "quadratic", "lightgbm"],
-                        default="auto",
+    parser.add_argument("--regressor", default="auto",  # checked by the search (regression.CHOICES), in one line
                         help="the fit: ridge on log-shares (loglinear), on log-shares and shares (loglinear_linear: "
                              "a share can be too large), on degree-2 polynomials of the shares (quadratic), or "
                              "LightGBM (RegMix's; suits hundreds of runs); auto (default) keeps whichever of the "

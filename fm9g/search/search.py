@@ -51,6 +51,9 @@ from fm9g.search.target import Target, parse_target
 SHARE_DIGITS = 6
 """Shares are written (and fitted) rounded to 6 decimals: what a run trains on is what is recorded."""
 POLL_SECONDS = 0.2
+REFINE_SEED_OFFSET = 100
+"""The ``--refine`` draws use seed + 100: apart from the runs' generator (seed) and the proposal's
+candidate pools (seed + 1, seed + 2, ...)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class Search:
                          "target": options.target, "seed": options.seed, "concentration": options.concentration,
                          "min_share": options.min_share, "max_share": options.max_share,
                          "budget_tokens": options.budget_tokens}
-        if options.scale_data:
+        if options.scale_data:  # only when set: a search.json written before this key existed still matches
             self.identity["scale_data"] = True
 
     def _proxy_tokens(self) -> int:
@@ -250,7 +253,7 @@ class Search:
             if options.refine:
                 first = report["proposal"]
                 center = np.array([first["weights"][name] for name in self.space.task_names])
-                around = draw_weights(self.space, options.refine, seed=options.seed + 100,
+                around = draw_weights(self.space, options.refine, seed=options.seed + REFINE_SEED_OFFSET,
                                       concentration=options.refine_concentration, center=center)
                 refined, refine_kept, refine_trained = self._measure("refine", around)
                 records, kept, trained = records + refined, kept + refine_kept, trained + refine_trained

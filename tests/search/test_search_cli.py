@@ -102,9 +102,10 @@ def test_a_killed_search_resumes_without_redoing_runs_and_ends_as_an_uninterrupt
     (("--max-share", "chat:0.3,book:0.3"), "the largest shares the tasks may have sum to 0.6, less than 1"),
     (("--target", "medical"), "unknown task 'medical'"),
     (("--runs", "2"), "--runs must be at least 4"),
+    (("--regressor", "tree"), "unknown regressor 'tree'"),
     (("--scale-data",), "--scale-data needs the full run's size"),
     (("--scale-data", "--budget-tokens", "100"), "--budget-tokens 100 is smaller than the proxy's 768 tokens"),
-], ids=["minimums", "maximums", "target", "runs", "scale-without-budget", "scale-below-proxy"])
+], ids=["minimums", "maximums", "target", "runs", "regressor", "scale-without-budget", "scale-below-proxy"])
 def test_impossible_requests_are_refused_before_training(mixture, extra, message):
     result = run_fm9g("mix", "search", "--manifest", "mix.json", "--proxy", "proxy.json", "--output", "refused",
                       "--target", "chat", "--runs", "4", *extra, cwd=mixture)
